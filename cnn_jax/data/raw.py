@@ -87,6 +87,8 @@ class _ArrayUnpickler(pickle.Unpickler):
     ('numpy._core.multiarray', '_reconstruct'): 'numpy._core.multiarray',
     ('numpy', 'ndarray'): 'numpy',
     ('numpy', 'dtype'): 'numpy',
+    # Python 3 writes bytes into protocol-2 pickles through this.
+    ('_codecs', 'encode'): '_codecs',
   }
 
   def find_class(self, module, name):
@@ -262,45 +264,41 @@ def find(name: str, root: pathlib.Path) -> Found | None:
 def read(found: Found, split: str, verify: bool = True) -> Arrays:
   """Reads one split: uint8 images (N, H, W, C), int32 labels, extras.
 
+  Sizes and formats are checked first (a truncated file is reported as
+  such), then, with `verify`, the published checksums.
+
   Raises:
     CorruptDataError: a file has the wrong size or format, or (with
       `verify`) does not match the published checksum of the official file.
     KeyError: the split is not 'train' or 'test'.
   """
   names = found.format.splits[split]
-  if found.paths:
-    files = []
-    for file in names:
-      path = found.paths[file]
-      data = path.read_bytes()
-      if path.suffix == '.gz':
-        data = _gunzip(path, data, found.name, file, verify)
-      elif verify:
-        check(path, data, found.name, file)
-      files.append((str(path), data))
-  else:
-    files = _read_archive(found, names, verify)
-  return found.format.parse(found.name, files)
+  if not found.paths:
+    return _read_archive(found, names, verify)
+  files, checks = [], []
+  for file in names:
+    path = found.paths[file]
+    packed = path.read_bytes()
+    gz = packed if path.suffix == '.gz' else b''
+    content = _gunzip(path, packed) if gz else packed
+    files.append((str(path), content))
+    checks.append((path, content, file, gz))
+  arrays = found.format.parse(found.name, files)
+  if verify:
+    for path, content, file, gz in checks:
+      check(path, content, found.name, file, gz=gz)
+  return arrays
 
 
-def _gunzip(
-  path: pathlib.Path, data: bytes, name: str, file: str, verify: bool
-) -> bytes:
+def _gunzip(path: pathlib.Path, data: bytes) -> bytes:
   try:
-    content = gzip.decompress(data)
+    return gzip.decompress(data)
   except (OSError, EOFError) as e:
     raise CorruptDataError(f'{path}: not a valid gzip file ({e}).') from e
-  if verify:
-    check(path, content, name, file, gz=data)
-  return content
 
 
-def _read_archive(
-  found: Found, names: tuple[str, ...], verify: bool
-) -> list[tuple[str, bytes]]:
+def _read_archive(found: Found, names: tuple[str, ...], verify: bool) -> Arrays:
   archive = found.location
-  if verify:
-    check(archive, archive.read_bytes(), found.name, found.format.archive)
   wanted, out = set(names), {}
   try:
     with tarfile.open(archive, 'r:*') as tar:
@@ -316,7 +314,11 @@ def _read_archive(
       f'{archive}: lacks {", ".join(sorted(missing))}; it is not the '
       f'official {found.format.archive}.'
     )
-  return [(f'{archive}:{n}', out[n]) for n in names]
+  files = [(f'{archive}:{n}', out[n]) for n in names]
+  arrays = found.format.parse(found.name, files)
+  if verify:
+    check(archive, archive.read_bytes(), found.name, found.format.archive)
+  return arrays
 
 
 def check(
