@@ -189,6 +189,17 @@ def test_missing_embedded_dependency(monkeypatch):
     data.dataset_info(data.default_config())
 
 
+def test_modified_embedded_file(monkeypatch, tmp_path):
+  from cnn_jax.data import embedded
+
+  content = gzip.decompress(embedded.path().read_bytes())
+  changed = tmp_path / 'mnist_5k.csv.gz'
+  changed.write_bytes(gzip.compress(content.replace(b',0,', b',1,', 1)))
+  monkeypatch.setattr(embedded, 'path', lambda: changed)
+  with pytest.raises(data.CorruptDataError, match=str(changed)):
+    data.train_iterator(data.default_config(), 100, 0, 0, 1)
+
+
 def test_partial_raw_files(cifar10_dir, tmp_path):
   _link(cifar10_dir, tmp_path, CIFAR_FILES, skip={'data_batch_4.bin'})
   with pytest.raises(data.CorruptDataError, match='data_batch_4.bin missing'):

@@ -6,22 +6,26 @@ drawn from (shuffle seed, e). Global batch k of the epoch holds positions
 [p*b, (p+1)*b) of it, with b = G / P. Across processes every example is
 seen at most once per epoch, and the global batch (and its augmentation,
 drawn from (seed, epoch, position in the epoch)) does not depend on P.
-Processes read only their own examples.
+A process decodes and augments only its own examples; streamed data is
+also read only where needed, while a small dataset (at most ~180 MB) is
+loaded whole by each process.
 
 End of an epoch: the last N mod G examples of each epoch's permutation are
 dropped, so every train step is a full global batch (one compiled shape).
-A different example is dropped each epoch, so over a run all are seen;
-steps_per_epoch = N // G.
+The permutation changes every epoch, and with it the examples dropped, so
+over a run all are seen; steps_per_epoch = N // G.
 
 Eval: one pass over the whole split in its stored order, padded at the end
 to full global batches; `mask` is False on padding (id -1, zero image).
 Every process yields ceil(N / G) batches.
 
-Resume: the iterator's state is just (epoch, step in epoch) plus what it
-was built from, as JSON-safe ints. A restored iterator rebuilds its grain
-pipeline from that step, so it yields exactly the batches an uninterrupted
-run would, with any number of grain workers, and with any process count
-as long as the global batch is the same.
+Resume: the iterator's state is (epoch, step in epoch) plus what it was
+built from (dataset, size, global batch, seed), as JSON-safe values; the
+random streams are derived from the seed, so no RNG state or grain
+iterator state is stored. A restored iterator rebuilds its grain pipeline
+from that step, so it yields exactly the batches an uninterrupted run
+would, with any number of grain workers, and with any process count as
+long as the global batch is the same.
 
 Images leave the pipeline as uint8; `cnn_jax.data.normalize` is the one
 place they are normalised, on device, inside the train and eval steps.
