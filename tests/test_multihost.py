@@ -1,0 +1,90 @@
+"""Two jax.distributed processes on 127.0.0.1 train like one process."""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from cnn_jax import parallel
+from tests.test_checkpoint import restore_state, smoke_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / 'configs' / 'resnet20_cifar10.py') + ':smoke'
+COMMON = [
+  '--config.train.num_train_steps=3',
+  '--config.train.batch_size=32',
+  '--config.train.log_every_steps=1',
+]
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def launch(workdir, devices, *extra):
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  cmd = [
+    sys.executable,
+    '-m',
+    'cnn_jax.main',
+    f'--config={CONFIG}',
+    f'--workdir={workdir}',
+    *COMMON,
+    *extra,
+  ]
+  return subprocess.Popen(
+    cmd,
+    env=env,
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
+
+
+def finish(proc):
+  output, _ = proc.communicate(timeout=600)
+  assert proc.returncode == 0, output[-4000:]
+
+
+def test_two_processes_match_one_process(tmp_path):
+  single, multi = tmp_path / 'single', tmp_path / 'multi'
+  finish(launch(single, 4))
+  port = free_port()
+  procs = [
+    launch(
+      multi,
+      2,
+      '--config.parallel.distributed=True',
+      f'--config.parallel.coordinator_address=127.0.0.1:{port}',
+      '--config.parallel.num_processes=2',
+      f'--config.parallel.process_id={i}',
+    )
+    for i in range(2)
+  ]
+  for proc in procs:
+    finish(proc)
+
+  # Only process 0 wrote metrics, and it saw 4 devices in 2 processes.
+  rows = [
+    json.loads(x) for x in (multi / 'metrics.jsonl').read_text().splitlines()
+  ]
+  assert sum('num_params' in r for r in rows) == 1
+
+  config = smoke_config(3)
+  config.train.batch_size = 32
+  a, _ = restore_state(config, single, parallel.make_mesh(1))
+  b, _ = restore_state(config, multi, parallel.make_mesh(1))
+  assert int(a.step) == int(b.step) == 3
+  for x, y in zip(
+    jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True
+  ):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5)
