@@ -162,7 +162,7 @@ def _not_found(
       'Point --config.data.data_dir at a tfds data_dir holding it as '
       'ArrayRecord, made with:',
       f'  python -m cnn_jax.data.prepare {name} '
-      '--source=<root of train/<class>/*.jpg> --data_dir=DIR',
+      '--source=<folder with train/<class>/*.jpg> --data_dir=DIR',
       f'  (or, with TensorFlow: tfds build {name} '
       '--file_format=array_record --data_dir=DIR),',
       'or at an image folder root with train/<class>/*.jpg|png and a '
