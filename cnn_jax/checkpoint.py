@@ -94,7 +94,15 @@ class Checkpointer:
       create=True,
     )
     self.manager = ocp.CheckpointManager(
-      self.directory, options=options, item_names=('state', 'data', 'config')
+      self.directory,
+      options=options,
+      # Named up front so that metadata and partial restores work in a
+      # fresh process, before any save has registered the handlers.
+      item_handlers={
+        'state': ocp.StandardCheckpointHandler(),
+        'data': ocp.JsonCheckpointHandler(),
+        'config': ocp.JsonCheckpointHandler(),
+      },
     )
 
   def latest_step(self) -> int | None:
