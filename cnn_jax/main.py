@@ -6,10 +6,13 @@
 Running the same command again resumes from the latest checkpoint in DIR.
 """
 
+import re
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cnn_jax import train
+from cnn_jax import checkpoint, data, train
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where to write the run.')
 _CONFIG = config_flags.DEFINE_config_file(
@@ -20,13 +23,42 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 flags.mark_flags_as_required(['config', 'workdir'])
 
+# Errors whose message already says what is wrong and what fixes it; a
+# traceback would only bury it.
+_USER_ERRORS = (
+  data.DataError,
+  checkpoint.CheckpointMismatchError,
+  train.NonFiniteLossError,
+)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """Parses flags; a mistyped --config.a.b field exits with a short error."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'FATAL Flags parsing error: {e}')
+  except (AttributeError, KeyError) as e:
+    # ml_collections raises these for an override of a field that does not
+    # exist; its message carries a "Did you mean" suggestion.
+    bad = ' '.join(a for a in argv[1:] if a.startswith('--config.'))
+    hint = re.search(r'Did you mean "([^"]+)"', str(e))
+    suggestion = f' Did you mean {hint.group(1)}?' if hint else ''
+    sys.exit(
+      f'FATAL {bad}: no such config field.{suggestion} Field '
+      'names are listed in the config file and in cnn_jax/config_lib.py.'
+    )
+
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.info('Config:\n%s', _CONFIG.value)
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except _USER_ERRORS as e:
+    sys.exit(f'FATAL {type(e).__name__}: {e}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
