@@ -482,6 +482,7 @@ def train_and_evaluate(
       log_now = step % config.train.log_every_steps == 0 or step == total
       stopping = stop.requested() or step == config.train.stop_at_step
       if log_now or stopping or step % ckpt_every == 0:
+        jax.block_until_ready(history)  # time finished steps, not dispatch
         seconds = time.perf_counter() - tick
         _log_progress(
           step, total, history, step - tick_step, batch_size, seconds, writer
