@@ -1,0 +1,53 @@
+"""The command line: bad flags and missing data end in short, clear errors."""
+
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_main(*args, timeout=120):
+  env = dict(os.environ, XLA_FLAGS='', TFDS_DATA_DIR='/nonexistent/tfds')
+  return subprocess.run(
+    [sys.executable, '-m', 'cnn_jax.main', *args],
+    env=env,
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+
+
+@pytest.mark.parametrize(
+  'override, expected',
+  [
+    ('--config.train.batchsize=3', 'Did you mean batch_size?'),
+    ('--config.optim.lr=0.1', 'no such config field'),
+    ('--config.train.batch_size=abc', 'invalid literal'),
+  ],
+)
+def test_bad_override_names_the_field(tmp_path, override, expected):
+  proc = run_main(
+    '--config=configs/default.py', f'--workdir={tmp_path}', override
+  )
+  assert proc.returncode != 0
+  assert override.split('=')[0].removeprefix('--') in proc.stderr
+  assert expected in proc.stderr
+  assert 'Traceback' not in proc.stderr
+  assert not (tmp_path / 'checkpoints').exists()
+
+
+def test_resnet152_without_imagenet_stops_quickly(tmp_path):
+  start = time.time()
+  proc = run_main('--config=configs/resnet152.py', f'--workdir={tmp_path}')
+  assert proc.returncode != 0
+  assert time.time() - start < 60
+  assert "Dataset 'imagenet2012' not found" in proc.stderr
+  assert '/nonexistent/tfds' in proc.stderr  # the path that was searched
+  assert 'cnn_jax.data.prepare imagenet2012' in proc.stderr  # the fix
+  assert 'Traceback' not in proc.stderr
