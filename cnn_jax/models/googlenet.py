@@ -12,8 +12,8 @@ Two registered forms share this module:
 All max pools round their output size up (Caffe's and torchvision's
 ceil_mode), which gives the paper's map sizes: 112 -> 56 -> 28 -> 14 -> 7.
 
-Parameter names follow torchvision: stem/conv1/{conv,bn}, stem/conv2,
-stem/conv3, inception3a/branch1, inception3a/branch2_reduce,
+Parameter names follow torchvision: conv1/{conv,bn}, conv2, conv3,
+inception3a/branch1, inception3a/branch2_reduce,
 inception3a/branch2, inception3a/branch3_reduce, inception3a/branch3,
 inception3a/branch4_proj, ..., aux_head1/{conv,fc1,fc2} (torchvision's aux1),
 aux_head2, head/fc. ('aux1' and 'aux2' name the sown aux logits.)
@@ -58,12 +58,13 @@ class Inception(nn.Module):
   def __call__(self, x: Array, train: bool = False) -> Array:
     w1, r3, w3, r5, w5, wp = self.widths
     block = self.conv_block
+    reduce = lambda y, width, name: (
+      block(width, 1, name=name)(y, train) if self.reductions else y
+    )
     b1 = block(w1, 1, name='branch1')(x, train)
-    b2, b3 = x, x
-    if self.reductions:
-      b2 = block(r3, 1, name='branch2_reduce')(b2, train)
-      b3 = block(r5, 1, name='branch3_reduce')(b3, train)
+    b2 = reduce(x, r3, 'branch2_reduce')
     b2 = block(w3, 3, name='branch2')(b2, train)
+    b3 = reduce(x, r5, 'branch3_reduce')
     b3 = block(w5, self.large_kernel, name='branch3')(b3, train)
     b4 = layers.max_pool(x, 3, 1, 1, ceil_mode=True, name='branch4_pool')
     b4 = block(wp, 1, name='branch4_proj')(b4, train)
@@ -103,36 +104,6 @@ class AuxHead(nn.Module):
     return x.astype(jnp.float32)
 
 
-class Stem(nn.Module):
-  """Layers before inception 3a.
-
-  'imagenet' (Table 1): 7x7/2 conv 64, 3x3/2 max pool, [LRN], 1x1 conv 64,
-  3x3 conv 192, [LRN], 3x3/2 max pool; 224 -> 28x28x192.
-  'cifar': one 3x3 conv to 192 at full resolution, for 32x32 images.
-  """
-
-  kind: str = 'imagenet'
-  lrn: bool = False
-  conv_block: functools.partial = layers.ConvBlock
-
-  @nn.compact
-  def __call__(self, x: Array, train: bool = False) -> Array:
-    block = self.conv_block
-    if self.kind == 'cifar':
-      return block(192, 3, name='conv1')(x, train)
-    if self.kind != 'imagenet':
-      raise ValueError(f'stem={self.kind!r}; expected "imagenet" or "cifar".')
-    x = block(64, 7, 2, name='conv1')(x, train)
-    x = layers.max_pool(x, 3, 2, ceil_mode=True, name='pool1')
-    if self.lrn:
-      x = layers.local_response_norm(x, name='lrn1')
-    x = block(64, 1, name='conv2')(x, train)
-    x = block(192, 3, name='conv3')(x, train)
-    if self.lrn:
-      x = layers.local_response_norm(x, name='lrn2')
-    return layers.max_pool(x, 3, 2, ceil_mode=True, name='pool2')
-
-
 class GoogLeNet(nn.Module):
   """GoogLeNet; the defaults are the paper's, `googlenet_tv` torchvision's.
 
@@ -152,7 +123,7 @@ class GoogLeNet(nn.Module):
     aux_dropout_rate: dropout in the aux heads.
     pool4_window: window of the max pool before inception 5a (paper 3,
       torchvision 2; both give 7x7 from 14x14).
-    stem: 'imagenet' or 'cifar'; see `Stem`.
+    stem: 'imagenet' or 'cifar'; see `_stem`.
     head: 'gap_fc' (the paper), 'fc' or 'gap_conv'; see `layers.Head`.
     dropout_rate: dropout before the classifier.
     dtype: computation dtype; parameters and BN statistics stay float32.
@@ -201,7 +172,7 @@ class GoogLeNet(nn.Module):
         name=f'inception{key}',
       )(y, train)
 
-    x = Stem(self.stem, self.lrn, block, name='stem')(x, train)
+    x = self._stem(x, block, train)
     self.sow('intermediates', 'stem', x)
 
     x = inception('3b', inception('3a', x))
@@ -227,6 +198,27 @@ class GoogLeNet(nn.Module):
     logits, pre_logits = head(x, train)
     self.sow('intermediates', 'pre_logits', pre_logits)
     return logits
+
+  def _stem(self, x: Array, block, train: bool) -> Array:
+    """Layers before inception 3a.
+
+    'imagenet' (Table 1): 7x7/2 conv 64, 3x3/2 max pool, [LRN], 1x1 conv
+    64, 3x3 conv 192, [LRN], 3x3/2 max pool; 224 -> 28x28x192.
+    'cifar': one 3x3 conv to 192 at full resolution, for 32x32 images.
+    """
+    if self.stem == 'cifar':
+      return block(192, 3, name='conv1')(x, train)
+    if self.stem != 'imagenet':
+      raise ValueError(f'stem={self.stem!r}; expected "imagenet" or "cifar".')
+    x = block(64, 7, 2, name='conv1')(x, train)
+    x = layers.max_pool(x, 3, 2, ceil_mode=True, name='pool1')
+    if self.lrn:
+      x = layers.local_response_norm(x, name='lrn1')
+    x = block(64, 1, name='conv2')(x, train)
+    x = block(192, 3, name='conv3')(x, train)
+    if self.lrn:
+      x = layers.local_response_norm(x, name='lrn2')
+    return layers.max_pool(x, 3, 2, ceil_mode=True, name='pool2')
 
   def _aux(self, index: int, x: Array, block, train: bool) -> None:
     # Run at init even in eval mode, so that their parameters exist.

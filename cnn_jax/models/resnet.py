@@ -1,8 +1,10 @@
 """ResNets (He et al. 2016) for ImageNet and CIFAR, and their plain twins.
 
 One `ResNet` module covers every depth through its stage table. Parameter
-names follow torchvision: stem/{conv,bn}, stage1/block0/{conv1,bn1,...},
-stage1/block0/{proj_conv,proj_bn} (torchvision's `downsample`), head/fc.
+names follow torchvision: conv1, bn1, layer1/block0/{conv1,bn1,...},
+layer1/block0/{proj_conv,proj_bn} (torchvision's `downsample`), head/fc.
+(The names 'stem' and 'stage1'... key the sown intermediate features, so
+submodules cannot use them.)
 """
 
 import functools
@@ -86,31 +88,13 @@ class BottleneckBlock(_BlockBase):
     return self._merge(x, y, train)
 
 
-class Stem(nn.Module):
-  """'imagenet': 7x7/2 conv, BN, ReLU, 3x3/2 max pool; 'cifar': 3x3 conv."""
-
-  features: int
-  kind: str = 'imagenet'
-  dtype: Dtype = jnp.float32
-  bn_virtual_batch_size: int | None = None
-
-  @nn.compact
-  def __call__(self, x: Array, train: bool = False) -> Array:
-    imagenet = self.kind == 'imagenet'
-    kernel, strides = (7, 2) if imagenet else (3, 1)
-    x = layers.conv(
-      self.features, kernel, strides, name='conv', dtype=self.dtype
-    )(x)
-    bn = layers.batch_norm('bn', self.dtype, self.bn_virtual_batch_size)
-    x = nn.relu(bn(x, train))
-    return layers.max_pool(x, 3, 2, 1) if imagenet else x
-
-
 class ResNet(nn.Module):
   """A ResNet or, with `residual=False`, its plain twin.
 
-  Stage i (from 0) has `width * 2**i` channels (times 4 after a bottleneck)
-  and halves the resolution except in stage 0.
+  Stage i (from 0; submodule layer{i+1}) has `width * 2**i` channels (times
+  4 after a bottleneck) and halves the resolution except in stage 0. Sows
+  intermediates stem, stage1, stage2, ... (each stage's output) and
+  pre_logits.
 
   Attributes:
     stage_sizes: blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50.
@@ -150,9 +134,7 @@ class ResNet(nn.Module):
     self._check_fields()
     layers.check_nhwc(x)
     x = x.astype(self.dtype)
-    x = Stem(
-      self.width, self.stem, self.dtype, self.bn_virtual_batch_size, name='stem'
-    )(x, train)
+    x = self._stem(x, train)
     self.sow('intermediates', 'stem', x)
 
     block_cls = BasicBlock if self.block == 'basic' else BottleneckBlock
@@ -168,7 +150,7 @@ class ResNet(nn.Module):
     for i, num_blocks in enumerate(self.stage_sizes):
       strides = 1 if i == 0 else 2
       stage = Stage(
-        block_cls, num_blocks, self.width * 2**i, strides, name=f'stage{i + 1}'
+        block_cls, num_blocks, self.width * 2**i, strides, name=f'layer{i + 1}'
       )
       x = stage(x, train)
       self.sow('intermediates', f'stage{i + 1}', x)
@@ -179,6 +161,17 @@ class ResNet(nn.Module):
     logits, pre_logits = head(x, train)
     self.sow('intermediates', 'pre_logits', pre_logits)
     return logits
+
+  def _stem(self, x: Array, train: bool) -> Array:
+    """'imagenet': 7x7/2 conv, BN, ReLU, 3x3/2 max pool; 'cifar': 3x3 conv."""
+    imagenet = self.stem == 'imagenet'
+    kernel, strides = (7, 2) if imagenet else (3, 1)
+    x = layers.conv(
+      self.width, kernel, strides, name='conv1', dtype=self.dtype
+    )(x)
+    bn = layers.batch_norm('bn1', self.dtype, self.bn_virtual_batch_size)
+    x = nn.relu(bn(x, train))
+    return layers.max_pool(x, 3, 2, 1, name='pool1') if imagenet else x
 
   def _check_fields(self) -> None:
     for field, value, allowed in (

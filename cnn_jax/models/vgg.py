@@ -1,7 +1,8 @@
 """VGG (Simonyan and Zisserman 2015), configurations A, B, D and E.
 
-Parameter names: stage{i}/conv{j} and stage{i}/bn{j} (j from 1), then the
-head: head/fc1, head/fc2, head/fc3. Convolutions keep their bias even with
+Parameter names: block{i}/conv{j} and block{i}/bn{j} (from 1), then the
+head: head/fc1, head/fc2, head/fc3. Intermediate features block i's output
+as 'stage{i}'. Convolutions keep their bias even with
 BatchNorm, as torchvision's vgg*_bn do, so parameter counts match theirs.
 
 The 'fc' head flattens the real final map in channel-major order (see
@@ -108,7 +109,7 @@ class VGG(nn.Module):
         self.stacked_3x3,
         self.dtype,
         self.bn_virtual_batch_size,
-        name=f'stage{i + 1}',
+        name=f'block{i + 1}',
       )(x, train)
       self.sow('intermediates', f'stage{i + 1}', x)
     head = layers.Head(
