@@ -462,6 +462,7 @@ def train_and_evaluate(
     return {**result, 'step': start}
 
   # Loop.
+  started = time.perf_counter()
   history, result = [], None
   tick, tick_step = time.perf_counter(), start
   with _StopRequest() as stop:
@@ -509,12 +510,20 @@ def train_and_evaluate(
   checkpoints.close()
   writer.flush()
   writer.close()
-  if result is None:  # stopped before any eval
-    return {'step': step}
+  summary = {
+    **(result or {}),
+    'step': step,
+    'num_params': count_params(state.params),
+    'train_seconds': round(time.perf_counter() - started, 1),
+  }
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+      json.dump(summary, f, indent=2)
   logging.info(
-    'Finished at step %d: top-1 %.4f, top-5 %.4f.',
+    'Finished at step %d of %d in %.0f s: %s',
     step,
-    result['top1'],
-    result['top5'],
+    total,
+    summary['train_seconds'],
+    ', '.join(f'{k} {v:.4g}' for k, v in (result or {}).items()),
   )
-  return {**result, 'step': step}
+  return summary
