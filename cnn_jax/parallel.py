@@ -96,6 +96,10 @@ def check_batch_size(
       )
 
 
+# What the steps read; example ids stay on the host.
+DEVICE_KEYS = ('image', 'label', 'mask')
+
+
 def global_batch(
   local: dict[str, np.ndarray], mesh: jax.sharding.Mesh
 ) -> dict[str, jax.Array]:
@@ -104,4 +108,5 @@ def global_batch(
   return {
     k: jax.make_array_from_process_local_data(sharding, v)
     for k, v in local.items()
+    if k in DEVICE_KEYS
   }
