@@ -1,9 +1,9 @@
 """VGG (Simonyan and Zisserman 2015), configurations A, B, D and E.
 
 Parameter names: block{i}/conv{j} and block{i}/bn{j} (from 1), then the
-head: head/fc1, head/fc2, head/fc3. Intermediate features block i's output
-as 'stage{i}'. Convolutions keep their bias even with
-BatchNorm, as torchvision's vgg*_bn do, so parameter counts match theirs.
+head: head/fc1, head/fc2, head/fc3; block i's output is the intermediate
+feature 'stage{i}'. Convolutions keep their bias even with BatchNorm, as
+torchvision's vgg*_bn do, so parameter counts match theirs.
 
 The 'fc' head flattens the real final map in channel-major order (see
 `layers.flatten_chw`), so torchvision's classifier.0 weight maps onto
@@ -29,7 +29,7 @@ STAGE_SIZES = {
 }
 
 
-class VGGStage(nn.Module):
+class VGGBlock(nn.Module):
   """Convolutions with ReLU, then a 2x2/2 max pool.
 
   With `stacked_3x3=False`, the n stacked 3x3 convolutions become one
@@ -70,7 +70,7 @@ class VGG(nn.Module):
     widths: channels per stage.
     batch_norm: BatchNorm after every convolution (the *_bn variants).
     stacked_3x3: False replaces each stage's stack of n 3x3 convolutions by
-      one (2n+1)x(2n+1) convolution; see `VGGStage`.
+      one (2n+1)x(2n+1) convolution; see `VGGBlock`.
     head: 'fc' (the paper's 4096-4096-classes), 'gap_fc' or 'gap_conv'.
     hidden_features: widths of the hidden FC layers of the 'fc' head.
     dropout_rate: dropout between FC layers (and before the classifier of
@@ -102,7 +102,7 @@ class VGG(nn.Module):
     for i, (n, width) in enumerate(
       zip(self.stage_sizes, self.widths, strict=True)
     ):
-      x = VGGStage(
+      x = VGGBlock(
         n,
         width,
         self.batch_norm,
