@@ -407,7 +407,12 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--json', action='store_true', help='print JSON')
   args = parser.parse_args(argv)
 
-  model = models.create_model(args.model, args.num_classes, **dict(args.field))
+  try:
+    model = models.create_model(
+      args.model, args.num_classes, **dict(args.field)
+    )
+  except (ValueError, TypeError) as e:
+    parser.error(str(e))
   size = args.image_size
   shape = (args.batch_size, size, size, args.channels)
   report = summarize(model, shape, jnp.dtype(args.dtype), name=args.model)
