@@ -49,6 +49,9 @@ PyTree = Any
 _IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 _IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
+# ResNet depths with ImageNet configs; the others are CIFAR ResNets.
+_IMAGENET_DEPTHS = ('18', '34', '50', '101', '152')
+
 # Our name of each torchvision Inception submodule.
 _INCEPTION_BRANCHES = {
   'branch1': 'branch1',
@@ -496,12 +499,50 @@ def main(argv: list[str]) -> None:
     raise SystemExit(f'FATAL {type(e).__name__}: {e}') from None
   print(
     f'Wrote {info["name"]} ({info["num_classes"]} classes) to '
-    f'{os.path.abspath(f.out)}. Evaluate it with:\n  python -m '
-    'cnn_jax.main --config=CONFIG --workdir=WORKDIR '
-    f'--config.model.name={info["name"]} '
-    f'--config.checkpoint.init_from={os.path.abspath(f.out)} '
-    '--config.train.eval_only=True'
+    f'{os.path.abspath(f.out)}. Evaluate it with:\n  '
+    + eval_command(info, os.path.abspath(f.out))
   )
+
+
+def eval_command(info: dict[str, Any], directory: str) -> str:
+  """The eval-mode command line for variables written by `convert_file`.
+
+  It starts from the experiment config of the same architecture and
+  overrides what the conversion fixed: the model name and, for GoogLeNet,
+  the fields in which googlenet_tv differs from the paper's config.
+  """
+  name = info['name']
+  configs = os.path.join(os.path.dirname(__file__), os.pardir, 'configs')
+  family, depth = re.match(r'([a-z]+)(\d*)', name).groups()
+  cifar = family in ('resnet', 'plain') and depth not in _IMAGENET_DEPTHS
+  fallback = {'vgg': 'vgg16.py', 'googlenet': 'googlenet.py'}.get(
+    family, f'{family}20_cifar10.py' if cifar else 'resnet50.py'
+  )
+  config = next(
+    (
+      f'configs/{c}'
+      for c in (f'{name}.py', f'{name}_cifar10.py', fallback)
+      if os.path.isfile(os.path.join(configs, c))
+    ),
+    'CONFIG',
+  )
+  flags = [f'--config={config}', '--workdir=WORKDIR']
+  flags.append(f'--config.model.name={name}')
+  if name == 'googlenet_tv':
+    aux = info['fields'].get('aux_heads', True)
+    flags += [
+      '--config.model.fields.lrn=False',
+      '--config.model.fields.large_kernel=3',
+      f'--config.model.fields.aux_heads={aux}',
+      '--config.model.fields.dropout_rate=0.2',
+    ]
+  flags += [
+    f'--config.checkpoint.init_from={directory}',
+    '--config.train.eval_only=True',
+  ]
+  if not cifar:
+    flags.append('--config.data.data_dir=IMAGENET_DIR')
+  return 'python -m cnn_jax.main ' + ' '.join(flags)
 
 
 if __name__ == '__main__':

@@ -12,7 +12,11 @@ torch and torchvision come from the `reference` extra; CI installs it, and
 there a missing torch fails the run instead of skipping these tests.
 """
 
+import dataclasses
+import functools
+import importlib.util
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -35,6 +39,7 @@ from cnn_jax import config_lib, convert, models, train  # noqa: E402
 from cnn_jax import data as data_lib  # noqa: E402
 from cnn_jax.models import layers  # noqa: E402
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 TOL = 1e-4
 NUM_CLASSES = 10
 
@@ -331,6 +336,48 @@ def test_googlenet_state_dict_needs_transform_input(tmp_path):
   torch.save({'fc.weight': torch.zeros(10, 1024)}, path)
   with pytest.raises(convert.ConversionError, match='--transform_input=true'):
     convert.convert_file('googlenet_tv', str(path), str(tmp_path / 'out'))
+
+
+@pytest.mark.parametrize(
+  'name,fields',
+  [
+    ('googlenet_tv', {'aux_heads': False}),
+    ('googlenet_tv', {'aux_heads': True}),
+    ('resnet50', {}),
+    ('vgg11_bn', {}),
+    ('resnet20', {}),
+  ],
+)
+def test_eval_command_rebuilds_the_converted_model(name, fields):
+  """The printed command's config builds the model that was converted."""
+  command = convert.eval_command({'name': name, 'fields': fields}, '/conv')
+  config = config_from_command(command)
+  assert config.checkpoint.init_from == '/conv'
+  assert config.train.eval_only
+  built = train.build_model(config, 1000)
+  want = models.create_model(name, 1000, **fields)
+  for field in dataclasses.fields(want):
+    if field.name not in ('parent', 'name', 'dtype'):
+      assert getattr(built, field.name) == getattr(want, field.name), field
+
+
+def config_from_command(command: str):
+  """The config of a cnn_jax.main command line, overrides applied."""
+  args = dict(a[2:].split('=', 1) for a in command.split() if '=' in a)
+  path = REPO / args.pop('config')
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for key, value in args.items():
+    if key.startswith('config.'):
+      *parents, leaf = key.split('.')[1:]
+      node = functools.reduce(getattr, parents, config)
+      old = getattr(node, leaf)
+      if isinstance(old, bool):
+        value = value == 'True'
+      setattr(node, leaf, type(old)(value) if old is not None else value)
+  return config
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
