@@ -1,18 +1,37 @@
-"""Faster XLA:CPU settings, applied before JAX starts its backends.
+"""Faster defaults for training on CPU, each one overridable.
 
-XLA:CPU sends most convolutions, including every weight-gradient
-convolution, to a library path that runs them at a few GFLOP/s on CPUs
-like CI's; `--xla_cpu_experimental_ynn_fusion_type=dot` keeps convolutions
-on XLA's own faster path (benchmarks/README.md has the figures). The flag
-only concerns the CPU backend, so GPU and TPU runs are unaffected.
+Two settings, both measured in benchmarks/README.md:
 
-Set CNN_JAX_CPU_DEFAULTS=0 to turn this off, or put your own value of the
-flag in XLA_FLAGS, which always wins.
+1. XLA flag `--xla_cpu_experimental_ynn_fusion_type=dot`. By default
+   XLA:CPU sends most convolutions, including every weight-gradient
+   convolution, to a library path that runs them at a few GFLOP/s on CPUs
+   like CI's. The flag keeps convolutions on XLA's own faster path and
+   leaves only matrix products to that library. The flag concerns only the
+   CPU backend, so GPU and TPU runs are unaffected. It is added to XLA_FLAGS
+   when cnn_jax is imported, because XLA reads the flags once, when the
+   first backend starts.
+2. Chunked convolution weight gradients (`cnn_jax.models.fast_conv`), used
+   by `cnn_jax.models.layers.conv` when the default backend is CPU. They
+   stop XLA:CPU from recomputing BatchNorm/ReLU chains inside the transposes
+   that feed each weight gradient. The forward pass is unchanged. Gradients
+   differ from the plain path by float rounding only, so the setting is kept
+   to CPU, where it pays.
+
+Overrides, by environment variable:
+- CNN_JAX_CPU_DEFAULTS=0 turns both off, which gives the plain JAX/XLA path.
+- CNN_JAX_FAST_CONV=0 or 1 turns setting 2 off or forces it on, on any
+  backend.
+- Your own value of the flag in XLA_FLAGS always wins over setting 1.
 """
 
 import os
 
 CPU_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=dot',)
+
+
+def enabled() -> bool:
+  """False when CNN_JAX_CPU_DEFAULTS=0 asks for the plain path."""
+  return os.environ.get('CNN_JAX_CPU_DEFAULTS', '1') != '0'
 
 
 def apply() -> None:
@@ -21,10 +40,44 @@ def apply() -> None:
   Has no effect once a JAX backend is initialised, so it runs when cnn_jax
   is imported.
   """
-  if os.environ.get('CNN_JAX_CPU_DEFAULTS', '1') == '0':
+  if not enabled():
     return
   flags = os.environ.get('XLA_FLAGS', '')
   for flag in CPU_FLAGS:
     if flag.split('=')[0] not in flags:
       flags = f'{flags} {flag}'.strip()
   os.environ['XLA_FLAGS'] = flags
+
+
+def use_fast_conv() -> bool:
+  """Whether `layers.conv` takes the chunked weight gradient.
+
+  Yes on the CPU backend unless CNN_JAX_FAST_CONV=0 or
+  CNN_JAX_CPU_DEFAULTS=0. CNN_JAX_FAST_CONV=1 forces it on any backend.
+  Decided when a model is traced, so the environment variable can change
+  between two jitted functions in one process.
+  """
+  setting = os.environ.get('CNN_JAX_FAST_CONV', '').lower()
+  if setting in ('0', 'false', 'no'):
+    return False
+  if setting in ('1', 'true', 'yes'):
+    return True
+  if not enabled():
+    return False
+  import jax  # Imported late: importing cnn_jax must not start a backend.
+
+  return jax.default_backend() == 'cpu'
+
+
+def active_flags() -> list[str]:
+  """The XLA_FLAGS now in the environment, one per item."""
+  return os.environ.get('XLA_FLAGS', '').split()
+
+
+def describe() -> dict[str, object]:
+  """What is in force, for benchmark and run records."""
+  return {
+    'cpu_defaults': enabled(),
+    'fast_conv': use_fast_conv(),
+    'xla_flags': ' '.join(active_flags()),
+  }
