@@ -99,7 +99,9 @@ class BatchNorm(nn.Module):
     bias = self.param('bias', nn.initializers.zeros, (c,), f32)
     ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (c,), f32)
     ra_var = self.variable('batch_stats', 'var', jnp.ones, (c,), f32)
-    x = x.astype(f32)
+    # Statistics in float32 at least (float64 when the model computes in it,
+    # as the exact-comparison tests do).
+    x = x.astype(jnp.promote_types(x.dtype, f32))
     if not train:
       y = (x - ra_mean.value) * lax.rsqrt(ra_var.value + self.epsilon)
       return (y * scale + bias).astype(self.dtype)
@@ -111,8 +113,10 @@ class BatchNorm(nn.Module):
     y = ((groups - mean) * lax.rsqrt(var + self.epsilon)).reshape(x.shape)
     if not self.is_initializing():
       m = self.momentum
-      ra_mean.value = m * ra_mean.value + (1 - m) * mean.reshape(-1, c).mean(0)
-      ra_var.value = m * ra_var.value + (1 - m) * var.reshape(-1, c).mean(0)
+      new_mean = m * ra_mean.value + (1 - m) * mean.reshape(-1, c).mean(0)
+      new_var = m * ra_var.value + (1 - m) * var.reshape(-1, c).mean(0)
+      ra_mean.value = new_mean.astype(f32)
+      ra_var.value = new_var.astype(f32)
     return (y * scale + bias).astype(self.dtype)
 
   def _num_groups(self, batch: int) -> int:
