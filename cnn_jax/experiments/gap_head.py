@@ -49,10 +49,10 @@ FAMILIES = {
   'full': ('vgg16', 'googlenet'),
 }
 BUDGETS = {
-  # A 2,000-image subset trained for 6 epochs, so that the heads have
+  # A 2,000-image subset trained for 4 epochs, so that the heads have
   # something to overfit; the train error is measured on all 2,000.
   'cpu': Budget(
-    steps=375,
+    steps=250,
     batch_size=32,
     train_limit=2_000,
     eval_limit=2_000,

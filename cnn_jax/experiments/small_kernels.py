@@ -48,7 +48,7 @@ WIDTHS = {
 }
 BUDGETS = {
   'cpu': Budget(
-    steps=300,
+    steps=250,
     batch_size=32,
     train_limit=10_000,
     eval_limit=2_000,
