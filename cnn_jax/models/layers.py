@@ -13,6 +13,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cnn_jax import cpu_defaults
+from cnn_jax.models import fast_conv
+
 Array = jax.Array
 Dtype = Any
 
@@ -56,6 +59,10 @@ def conv(
     dtype=dtype,
     param_dtype=jnp.float32,
     kernel_init=conv_init,
+    # CPU only: same forward, faster weight gradient (cnn_jax.cpu_defaults).
+    conv_general_dilated=(
+      fast_conv.conv_general_dilated if cpu_defaults.use_fast_conv() else None
+    ),
     name=name,
   )
 
