@@ -12,10 +12,13 @@ weight decay, BatchNorm in train mode, the metrics the loop logs), jitted
 and donated as `train_and_evaluate` does, on every local device, with one
 fixed synthetic uint8 batch already on device: only compute is measured.
 
-Each line is one measurement: {'bench': 'train_step' | 'eval_step', model,
-batch_size, image_size, dtype, devices, device_kind, versions, compile_s,
-step_ms_median, images_per_s, peak_host_mib, [peak_device_mib], macs,
-flops_per_step, achieved_gflops, peak_gflops, fraction_of_peak, ...}.
+The first line holds the versions, the XLA flags and the CPU defaults in
+force. Each further line is one measurement: {'bench': 'train_step' |
+'eval_step', model, batch_size, image_size, dtype, devices, device_kind,
+compile_s (tracing, lowering and XLA compilation), trace_and_lower_s (the
+part before XLA), step_ms_median, images_per_s, peak_host_mib,
+[peak_device_mib], macs_forward, flops_per_step, achieved_gflops,
+peak_gflops, fraction_of_peak}.
 
 FLOP convention: a forward pass costs 2 x MACs (MACs from cnn_jax.summary:
 convolutions and matrix products only), a train step 3 x that (forward, the
@@ -158,12 +161,14 @@ class StepBench:
       step = train.make_eval_step(self.model, mean, std)
       self.step = jax.jit(step, out_shardings=replicated)
       self.variables = self.state.eval_variables()
-    self.compile_s = None
+    self.compile_s = self.lower_s = None
 
   def compile(self) -> float:
-    """Lowers and compiles (not runs) the step; returns the seconds taken."""
+    """Traces, lowers and compiles (not runs) the step; returns seconds."""
     start = time.perf_counter()
-    self.compiled = self.step.lower(*self._inputs()).compile()
+    lowered = self.step.lower(*self._inputs())
+    self.lower_s = time.perf_counter() - start
+    self.compiled = lowered.compile()
     self.compile_s = time.perf_counter() - start
     return self.compile_s
 
@@ -202,6 +207,7 @@ def describe(args: argparse.Namespace, bench: StepBench, times: list[float]):
     'devices': len(devices),
     'device_kind': kind,
     'compile_s': round(bench.compile_s, 2),
+    'trace_and_lower_s': round(bench.lower_s, 2),
     'steps_timed': len(times),
   }
   if times:
