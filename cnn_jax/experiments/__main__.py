@@ -12,6 +12,7 @@ import sys
 from absl import app, flags, logging
 
 from cnn_jax import experiments
+from cnn_jax.experiments import runner
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The experiment directory.')
 _SCALE = flags.DEFINE_enum(
@@ -64,16 +65,19 @@ def main(argv: list[str]) -> None:
     experiment = experiments.get(argv[1])
   except ValueError as e:
     sys.exit(f'FATAL {e}')
-  outcome = experiments.run_experiment(
-    experiment,
-    _WORKDIR.value,
-    _SCALE.value,
-    _SEEDS.value,
-    only=_ONLY.value,
-    overrides=dict(map(_parse_override, _OVERRIDE.value)),
-    parallel=_PARALLEL.value,
-    devices_per_worker=_DEVICES.value,
-  )
+  try:
+    outcome = experiments.run_experiment(
+      experiment,
+      _WORKDIR.value,
+      _SCALE.value,
+      _SEEDS.value,
+      only=_ONLY.value,
+      overrides=dict(map(_parse_override, _OVERRIDE.value)),
+      parallel=_PARALLEL.value,
+      devices_per_worker=_DEVICES.value,
+    )
+  except (runner.SweepInterruptedError, runner.StaleResultError) as e:
+    sys.exit(f'FATAL {type(e).__name__}: {e}')
   if outcome.report_path:
     logging.info('Report: %s', outcome.report_path)
     print(outcome.report_path)

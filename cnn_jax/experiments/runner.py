@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -245,12 +246,41 @@ def variant_dir(workdir: str, variant: Variant) -> str:
   return os.path.join(workdir, variant.name, f'seed{variant.seed}')
 
 
-def load_result(vdir: str) -> dict | None:
+class StaleResultError(ValueError):
+  pass
+
+
+class SweepInterruptedError(RuntimeError):
+  pass
+
+
+def config_fingerprint(config: ml_collections.ConfigDict) -> str:
+  """A short hash of a config's JSON, to tell a result's config apart."""
+  text = config.to_json_best_effort(sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_result(vdir: str, variant: Variant | None = None) -> dict | None:
+  """The variant's result.json, or None if it has not finished.
+
+  Raises:
+    StaleResultError: the result was produced by another config than
+      `variant`'s (the experiment's variants changed since it ran).
+  """
   path = os.path.join(vdir, RESULT_FILE)
   if not os.path.exists(path):
     return None
   with open(path) as f:
-    return json.load(f)
+    result = json.load(f)
+  saved = result.get('config_fingerprint')
+  if variant is not None and saved is not None:
+    if saved != config_fingerprint(variant.seeded_config()):
+      raise StaleResultError(
+        f'{path} was produced by a different config than the current '
+        f'{variant.key} (the experiment changed since it ran). Use a new '
+        '--workdir, or delete that variant folder to retrain it.'
+      )
+  return result
 
 
 def run_variant(
@@ -260,17 +290,22 @@ def run_variant(
 ) -> dict | None:
   """Trains `variant` in `vdir` unless finished; returns its result or None.
 
-  None means the train loop stopped early (config.train.stop_at_step, or
-  SIGTERM/SIGINT, which it turns into a checkpoint and a clean return); the
-  next call resumes from that checkpoint.
+  None means the train loop stopped at config.train.stop_at_step; the next
+  call resumes from that checkpoint.
+
+  Raises:
+    SweepInterruptedError: the train loop stopped on SIGTERM/SIGINT (after
+      saving a checkpoint), so the sweep should stop as well.
+    StaleResultError: see `load_result`.
   """
   from cnn_jax import train
 
-  result = load_result(vdir)
+  result = load_result(vdir, variant)
   if result is not None:
     logging.info('%s: finished earlier; not retraining.', variant.key)
     return result
   config = variant.seeded_config()
+  fingerprint = config_fingerprint(config)
   for dotted, value in (overrides or {}).items():
     _set(config, dotted, value)
   total = planned_steps(config)
@@ -280,6 +315,14 @@ def run_variant(
   seconds = time.perf_counter() - tick
   attempts = _record_attempt(vdir, final['step'], seconds)
   if final['step'] < total or 'top1' not in final:
+    if final['step'] != config.train.get('stop_at_step', -1):
+      # The train loop turns SIGTERM/SIGINT into a checkpoint and a normal
+      # return; the sweep must stop there too, not start the next variant.
+      raise SweepInterruptedError(
+        f'{variant.key} stopped at step {final["step"]} of {total} on a '
+        'signal; its checkpoint is saved. Run the same command again to '
+        'resume.'
+      )
     logging.info(
       '%s: stopped at step %d of %d; run again to resume.',
       variant.key,
@@ -291,6 +334,7 @@ def run_variant(
   result = {
     'variant': variant.name,
     'seed': variant.seed,
+    'config_fingerprint': fingerprint,
     'step': int(final['step']),
     'eval': {k: float(final[k]) for k in ('top1', 'top5', 'loss', 'count')},
     'attempts': attempts,
@@ -449,7 +493,7 @@ def run_experiment(
     )
   os.makedirs(workdir, exist_ok=True)
 
-  todo = [v for v in chosen if load_result(variant_dir(workdir, v)) is None]
+  todo = [v for v in chosen if load_result(variant_dir(workdir, v), v) is None]
   if parallel > 1 and len(todo) > 1:
     _run_in_processes(
       experiment.NAME, workdir, scale, seeds, todo, overrides, parallel,
@@ -461,7 +505,7 @@ def run_experiment(
 
   runs, pending = [], []
   for v in variants:
-    result = load_result(variant_dir(workdir, v))
+    result = load_result(variant_dir(workdir, v), v)
     if result is None:
       pending.append(v.key)
     else:

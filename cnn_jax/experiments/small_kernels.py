@@ -48,7 +48,7 @@ WIDTHS = {
 }
 BUDGETS = {
   'cpu': Budget(
-    steps=250,
+    steps=400,
     batch_size=32,
     train_limit=10_000,
     eval_limit=2_000,
@@ -95,11 +95,17 @@ within the seed-to-seed spread shown.
 
 def _fields(scale: str, stacked: bool) -> dict:
   widths, hidden = WIDTHS[scale]
-  return {
+  fields = {
     'widths': widths,
     'hidden_features': hidden,
     'stacked_3x3': stacked,
   }
+  if scale != 'full':
+    # Dropout 0.5 in the narrow FC head held every net near 20% test top-1
+    # after 600 steps (36% after 200 without it): in a run of about one
+    # epoch it only slows training, equally for all four nets.
+    fields['dropout_rate'] = 0.0
+  return fields
 
 
 def _config(net: str, stacked: bool, scale: str):
@@ -128,7 +134,7 @@ def setup(scale: str) -> str:
   text = (
     'CIFAR-10 VGG recipe (`config_lib.cifar_vgg_config`): BatchNorm, SGD '
     'with momentum 0.9, weight decay 5e-4, cosine decay, crops and flips, '
-    'an FC head with dropout 0.5. '
+    'an FC head (with dropout 0.5 at full scale). '
     f'Stage widths {widths}, hidden FC widths {hidden}.'
   )
   if scale == 'full':
@@ -138,7 +144,9 @@ def setup(scale: str) -> str:
     )
   return (
     f"{text} **Shrunk for `{scale}` scale:** narrower stages than VGG's "
-    f'(64, 128, 256, 512, 512); {BUDGETS[scale].describe()}'
+    '(64, 128, 256, 512, 512) and no dropout (at 0.5 it held every net '
+    'near 20% test top-1 in a trial of 600 steps); '
+    f'{BUDGETS[scale].describe()}'
   )
 
 
@@ -282,7 +290,10 @@ def verdict(
       ' The accuracy benefit of the extra non-linearity does not show in '
       'every pair at this scale.'
     )
-  strength = f'counts exact; accuracy {rep.weakest(*strengths)}'
+  strength = (
+    f'counts exact; accuracy differences {rep.weakest(*strengths)} against '
+    'the seed spread'
+  )
   return rep.Verdict(outcome, strength, counted + accuracy_text)
 
 
