@@ -1,10 +1,10 @@
 r"""The same train step in PyTorch eager, and side-by-side ratios to ours.
 
-Needs the optional `bench` extra (torch 2.13.0, CPU build), best in its
-own environment so the project's stays torch-free:
+Needs torch 2.13.0, CPU build (the optional `bench` extra), best in its
+own environment so that the project's stays torch-free:
 
   python3 -m venv /tmp/venv_bench
-  /tmp/venv_bench/bin/pip install -e '.[bench]'
+  /tmp/venv_bench/bin/pip install -e . torch==2.13.0
 
 Run:
   # PyTorch alone, JSON lines like train_step.py's

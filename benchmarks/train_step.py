@@ -26,6 +26,10 @@ input gradient and the weight gradient each cost one forward), an eval step
 1 x. The fraction is of `--peak_gflops`, by default the fp32 matrix-product
 peak stated for the device kind in PEAK_GFLOPS.
 
+`--profile=N` adds a line per step kind with the milliseconds per step that
+XLA:CPU spends in each kind of op (transposes, reductions, elementwise
+fusions, convolutions, loops), from `jax.profiler`, and the slowest ops.
+
 `--serve` turns the script into a worker for `torch_reference.py --compare`:
 it compiles, prints one line, then answers 'run N' on stdin with the times
 of N steps, until 'quit'.
@@ -35,12 +39,15 @@ from __future__ import annotations
 
 import argparse
 import ast
+import collections
 import json
 import os
+import pathlib
 import re
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -239,6 +246,54 @@ def describe(args: argparse.Namespace, bench: StepBench, times: list[float]):
   return row
 
 
+def _op_kind(name: str) -> str:
+  """A coarse kind from an XLA:CPU op name, e.g. 'transpose_copy_fusion.3'."""
+  for word, kind in (
+    ('transpose', 'transpose'),
+    ('reduce', 'reduction'),
+    ('conv', 'convolution'),
+    ('dot', 'dot'),
+    ('while', 'loop'),
+    ('fusion', 'elementwise'),
+  ):
+    if word in name:
+      return kind
+  return 'other'
+
+
+def profile(bench: StepBench, steps: int, top: int = 15) -> dict:
+  """Milliseconds per step by op kind and for the slowest ops.
+
+  Sums the op events of XLA:CPU's thunk executor. Convolution and dot
+  thunks may run asynchronously, so their events can understate their time;
+  fusions (elementwise, reductions, transposes) run synchronously and are
+  exact.
+  """
+  with tempfile.TemporaryDirectory() as tmp:
+    jax.profiler.start_trace(tmp)
+    bench.run(steps)
+    jax.profiler.stop_trace()
+    (path,) = pathlib.Path(tmp).rglob('*.xplane.pb')
+    data = jax.profiler.ProfileData.from_file(str(path))
+  per_op = collections.Counter()
+  for plane in data.planes:
+    for line in plane.lines:
+      if 'XLAEigen' not in line.name:
+        continue
+      for event in line.events:
+        if not event.name.startswith('ThunkExecutor'):
+          per_op[event.name] += event.duration_ns / 1e6 / steps
+  by_kind = collections.Counter()
+  for name, ms in per_op.items():
+    by_kind[_op_kind(name)] += ms
+  return {
+    'bench': f'{bench.kind}_step_profile',
+    'model': bench.args.model,
+    'op_ms_per_step_by_kind': {k: round(v, 1) for k, v in by_kind.items()},
+    'slowest_ops_ms': {k: round(v, 1) for k, v in per_op.most_common(top)},
+  }
+
+
 def serve(args: argparse.Namespace) -> None:
   """The worker protocol of `torch_reference.py --compare`."""
   bench = StepBench(args, 'train')
@@ -270,6 +325,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--warmup', type=int, default=2, help='untimed steps')
   p.add_argument('--no_eval', action='store_true', help='skip the eval step')
   p.add_argument('--peak_gflops', type=float, default=None)
+  p.add_argument('--profile', type=int, default=0,
+                 help='then profile N more steps: ms per op kind')  # fmt: skip
   p.add_argument('--threads', type=int, default=None,
                  help='pin to the first N CPUs (XLA sizes its pool to them)')  # fmt: skip
   p.add_argument('--serve', action='store_true', help=argparse.SUPPRESS)
@@ -305,6 +362,8 @@ def main(argv=None) -> None:
       bench.run(args.warmup)
       times = bench.run(args.steps)
     print(json.dumps(describe(args, bench, times)), flush=True)
+    if args.profile:
+      print(json.dumps(profile(bench, args.profile)), flush=True)
     del bench
 
 
