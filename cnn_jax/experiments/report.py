@@ -206,13 +206,20 @@ def plot_bars(
   title: str = '',
   logy: bool = False,
 ) -> str:
-  """One panel per (title, bar labels, bar heights); returns the file name."""
+  """One panel per (title, bar labels, bar heights[, error bars]).
+
+  Returns:
+    The file name of the written PNG (relative to its directory).
+  """
   plt = pyplot()
   fig, axes = plt.subplots(
     1, len(groups), figsize=(4.2 * len(groups), 3.6), squeeze=False
   )
-  for ax, (panel_title, labels, heights) in zip(axes[0], groups, strict=True):
-    ax.bar(range(len(heights)), heights, color='tab:blue')
+  for ax, (panel_title, labels, heights, *errors) in zip(
+    axes[0], groups, strict=True
+  ):
+    yerr = [0 if math.isnan(e) else e for e in errors[0]] if errors else None
+    ax.bar(range(len(heights)), heights, yerr=yerr, capsize=4, color='tab:blue')
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha='right')
     ax.set_title(panel_title)
     ax.set_ylabel(ylabel)
