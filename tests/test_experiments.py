@@ -357,6 +357,7 @@ def test_budget_shrinks_the_config_and_says_so():
   assert config.data.eval_limit == 1_000
   assert variant.train_eval_examples == 1_000
   assert config.optim.warmup_epochs == pytest.approx(30 / 312)
+  assert config.optim.grad_clip_norm == 2.0
   text = degradation.BUDGETS['cpu'].describe()
   assert '300 steps of 32 images (9,600 images, 0.96 epochs)' in text
   assert 'first 10,000 images' in text
@@ -364,3 +365,4 @@ def test_budget_shrinks_the_config_and_says_so():
   assert full.train.num_train_steps == -1
   assert full.train.num_epochs == 164.0
   assert full.data.train_limit == 0
+  assert full.optim.grad_clip_norm == 0.0
