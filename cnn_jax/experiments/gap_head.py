@@ -49,22 +49,30 @@ FAMILIES = {
   'full': ('vgg16', 'googlenet'),
 }
 BUDGETS = {
-  # A 2,000-image subset trained for 4 epochs, so that the heads have
-  # something to overfit; the train error is measured on all 2,000.
+  # A 2,000-image subset trained for 6.4 epochs, so that the heads have
+  # something to overfit; the train accuracy is measured on all 2,000.
   'cpu': Budget(
-    steps=250,
+    steps=400,
     batch_size=32,
     train_limit=2_000,
     eval_limit=2_000,
     train_eval_limit=2_000,
     log_every=25,
     learning_rate=0.05,
+    warmup_steps=30,
   ),
   'tiny': Budget(
     steps=2, batch_size=8, train_limit=32, eval_limit=16, train_eval_limit=16
   ),
 }
 FULL_TRAIN_EVAL = 50_000
+# ResNet-20's flatten-FC head sums 4,096 features of the unnormalised last
+# map, so it starts at a loss of 12 to 18 with gradient norms near 30; in
+# trials without clipping (with or without a 30-step warm-up) those first
+# updates left the net at chance level for good. Clipping the global
+# gradient norm at 2 lets it train (31% after 200 steps); every variant of
+# the small scales gets the same clipping and warm-up.
+SMALL_SCALE_CLIP = 2.0
 # The ImageNet form of each family for the 224x224 columns; ResNet-20 has
 # none, so ResNet-50 stands in.
 IMAGENET_NAMES = {
@@ -111,6 +119,9 @@ def _vgg(scale: str, head: str):
     config = config_lib.cifar_vgg_config('vgg16_bn')
     config.model.fields.widths = VGG_WIDTHS[scale]
     config.model.fields.hidden_features = VGG_HIDDEN[scale]
+    # Dropout 0.5 kept every head near 15% test top-1 in a 250-step trial;
+    # without it the heads' own regularising effect is what is compared.
+    config.model.fields.dropout_rate = 0.0
   config.model.fields.head = head
   return config
 
@@ -138,6 +149,7 @@ def variants(scale: str, seeds: int):
       config = BUILDERS[family](scale, head)
       if budget is not None:
         budget.apply(config)
+        config.optim.grad_clip_norm = SMALL_SCALE_CLIP
       out += seeded(
         f'{family}_{head}',
         config,
@@ -162,14 +174,18 @@ def setup(scale: str) -> str:
     )
   return (
     'CIFAR-10. VGG-16 with BatchNorm on the CIFAR VGG recipe (cosine '
-    'decay, weight decay 5e-4, dropout 0.5), with narrow stages '
+    'decay, weight decay 5e-4) without dropout, so that only the heads '
+    'regularise, with narrow stages '
     f'{VGG_WIDTHS[scale]} and hidden FC widths {VGG_HIDDEN[scale]}; '
     "ResNet-20 on the paper's CIFAR recipe (no dropout, lr divided by 10 "
     'at 50% and 75%). GoogLeNet is counted but not trained at this '
     'scale: with the affordable ImageNet stem its last map is 1x1 and the '
     'three heads are one function, and the CIFAR stem (8x8 last map) costs '
     f'1.45 GMACs per image. **Shrunk for `{scale}` scale:** '
-    f'{BUDGETS[scale].describe()}'
+    f'{BUDGETS[scale].describe()} All six nets clip the global gradient '
+    f"norm at {SMALL_SCALE_CLIP:g}: without it ResNet-20's flatten-FC "
+    'head starts at a loss of 12 to 18 and its first updates leave the '
+    'net at chance level (seen in two trials, with and without warm-up).'
   )
 
 
