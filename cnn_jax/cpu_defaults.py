@@ -49,15 +49,8 @@ def apply() -> None:
   os.environ['XLA_FLAGS'] = flags
 
 
-def use_fast_conv() -> bool:
-  """Whether `layers.conv` takes the chunked weight gradient.
-
-  Yes on the CPU backend unless CNN_JAX_FAST_CONV=0 or
-  CNN_JAX_CPU_DEFAULTS=0. CNN_JAX_FAST_CONV=1 forces it on any backend.
-  Decided when a model is traced, so the environment variable can change
-  between two jitted functions in one process.
-  """
-  setting = os.environ.get('CNN_JAX_FAST_CONV', '').lower()
+def _chunked_path(variable: str) -> bool:
+  setting = os.environ.get(variable, '').lower()
   if setting in ('0', 'false', 'no'):
     return False
   if setting in ('1', 'true', 'yes'):
@@ -67,6 +60,25 @@ def use_fast_conv() -> bool:
   import jax  # Imported late: importing cnn_jax must not start a backend.
 
   return jax.default_backend() == 'cpu'
+
+
+def use_fast_conv() -> bool:
+  """Whether `layers.conv` takes the chunked weight gradient.
+
+  Yes on the CPU backend unless CNN_JAX_FAST_CONV=0 or
+  CNN_JAX_CPU_DEFAULTS=0. CNN_JAX_FAST_CONV=1 forces it on any backend.
+  Decided when a model is traced, so the environment variable can change
+  between two jitted functions in one process.
+  """
+  return _chunked_path('CNN_JAX_FAST_CONV')
+
+
+def use_fast_bn() -> bool:
+  """Whether `layers.BatchNorm` takes the chunked train-mode statistics.
+
+  As `use_fast_conv`, with CNN_JAX_FAST_BN.
+  """
+  return _chunked_path('CNN_JAX_FAST_BN')
 
 
 def active_flags() -> list[str]:
@@ -79,5 +91,6 @@ def describe() -> dict[str, object]:
   return {
     'cpu_defaults': enabled(),
     'fast_conv': use_fast_conv(),
+    'fast_bn': use_fast_bn(),
     'xla_flags': ' '.join(active_flags()),
   }

@@ -13,10 +13,13 @@ import pathlib
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from cnn_jax import cpu_defaults
+from cnn_jax.models import fast_bn
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -58,7 +61,11 @@ for name, model, shape in (
   xs = parallel.global_batch({'image': x}, mesh)['image']
   loss, grads = step(variables['params'], xs)
   hlo = step.lower(variables['params'], xs).as_text()
-  results[name] = {'loss': float(loss), 'loops': hlo.count('stablehlo.while')}
+  results[name] = {
+    'loss': float(loss),
+    'loops': hlo.count('stablehlo.while'),
+    'dots': hlo.count('stablehlo.dot_general'),
+  }
   for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
     arrays[name + jax.tree_util.keystr(path)] = np.asarray(g)
 np.savez(out_path + '.npz', **arrays)
@@ -87,6 +94,7 @@ def runs(tmp_path_factory):
   for name, (env, devices, nets) in _RUNS.items():
     full_env = {**os.environ, 'JAX_PLATFORMS': 'cpu', **env}
     full_env.pop('CNN_JAX_FAST_CONV', None)
+    full_env.pop('CNN_JAX_FAST_BN', None)
     if 'XLA_FLAGS' not in env:
       full_env.pop('XLA_FLAGS', None)
     procs[name] = subprocess.Popen(
@@ -110,20 +118,28 @@ def test_plain_run_has_no_defaults(runs):
   meta, _ = runs['plain']
   assert meta['describe']['cpu_defaults'] is False
   assert meta['describe']['fast_conv'] is False
+  assert meta['describe']['fast_bn'] is False
   assert 'ynn_fusion_type' not in meta['describe']['xla_flags']
   assert meta['cifar']['loops'] == 0
+  # The classifier's forward product and its two gradients.
+  assert meta['cifar']['dots'] == 3
 
 
 @pytest.mark.parametrize('run', ['defaults', 'defaults_4_devices'])
 def test_defaults_are_in_force(runs, run):
   meta, _ = runs[run]
   assert meta['describe']['fast_conv'] is True
+  assert meta['describe']['fast_bn'] is True
   assert cpu_defaults.CPU_FLAGS[0] in meta['describe']['xla_flags']
-  # One weight-gradient loop per convolution: 7 in the ResNet-8; the stem,
-  # 2 x 3 and two projections in the two-bottleneck net.
+  # One weight-gradient loop per convolution, and one BatchNorm per
+  # convolution: 7 in the ResNet-8; the stem, 2 x 3 and two projections in
+  # the two-bottleneck net. Each BatchNorm takes four per-channel sums as
+  # products (two statistics, two backward sums), beside the classifier's 3.
   assert meta['cifar']['loops'] == 7
+  assert meta['cifar']['dots'] == 3 + 4 * 7
   if 'bottleneck' in meta:
     assert meta['bottleneck']['loops'] == 9
+    assert meta['bottleneck']['dots'] == 3 + 4 * 9
 
 
 @pytest.mark.parametrize(
@@ -148,16 +164,62 @@ def test_same_loss_and_gradients_as_plain_path(runs, run, model):
     assert err < 1e-5, f'{key}: max error {err:.2e} of the largest gradient'
 
 
-def test_overrides(monkeypatch):
-  monkeypatch.delenv('CNN_JAX_FAST_CONV', raising=False)
+@pytest.mark.parametrize(
+  'variable,use',
+  [
+    ('CNN_JAX_FAST_CONV', cpu_defaults.use_fast_conv),
+    ('CNN_JAX_FAST_BN', cpu_defaults.use_fast_bn),
+  ],
+)
+def test_overrides(monkeypatch, variable, use):
+  monkeypatch.delenv(variable, raising=False)
   monkeypatch.setenv('CNN_JAX_CPU_DEFAULTS', '0')
   assert not cpu_defaults.enabled()
-  assert not cpu_defaults.use_fast_conv()
-  monkeypatch.setenv('CNN_JAX_FAST_CONV', '1')
-  assert cpu_defaults.use_fast_conv()
+  assert not use()
+  monkeypatch.setenv(variable, '1')
+  assert use()
   monkeypatch.setenv('CNN_JAX_CPU_DEFAULTS', '1')
-  monkeypatch.setenv('CNN_JAX_FAST_CONV', '0')
-  assert not cpu_defaults.use_fast_conv()
+  assert use()
+  monkeypatch.setenv(variable, '0')
+  assert not use()
+  monkeypatch.delenv(variable)
+  assert use()  # the tests run on the CPU backend
+
+
+def _batch_norm_reference(x, scale, bias, epsilon):
+  mean = x.mean((0, 1, 2))
+  var = jnp.square(x - mean).mean((0, 1, 2))
+  out = (x - mean) / jnp.sqrt(var + epsilon) * scale + bias
+  return out, mean, var
+
+
+def test_fast_batch_norm_equals_autodiff_of_the_formula():
+  # float64, so that only the order of summation can differ. The loss uses
+  # the statistics too, which the train step never does, so that every
+  # term of the hand-written backward pass is checked.
+  rng = np.random.default_rng(0)
+  x = rng.normal(1.0, 2.0, (6, 5, 4, 3))
+  scale, bias = rng.normal(size=3), rng.normal(size=3)
+  weights = rng.normal(size=x.shape)
+
+  def loss(fn):
+    def value(x, scale, bias):
+      out, mean, var = fn(x, scale, bias, 1e-5)
+      return (out * weights).sum() + 0.3 * (mean**2).sum() + (var * scale).sum()
+
+    return value
+
+  with jax.enable_x64(True):
+    args = [jnp.asarray(a, jnp.float64) for a in (x, scale, bias)]
+    got = fast_bn.batch_norm_train(*args, 1e-5)
+    want = _batch_norm_reference(*args, 1e-5)
+    for g, w in zip(got, want, strict=True):
+      assert g.dtype == jnp.float64
+      np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+    got = jax.grad(loss(fast_bn.batch_norm_train), (0, 1, 2))(*args)
+    want = jax.grad(loss(_batch_norm_reference), (0, 1, 2))(*args)
+    for g, w in zip(got, want, strict=True):
+      np.testing.assert_allclose(g, w, rtol=1e-11, atol=1e-11)
 
 
 def test_user_flag_wins(monkeypatch):

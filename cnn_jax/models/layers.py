@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from cnn_jax import cpu_defaults
-from cnn_jax.models import fast_conv
+from cnn_jax.models import fast_bn, fast_conv
 
 Array = jax.Array
 Dtype = Any
@@ -113,18 +113,29 @@ class BatchNorm(nn.Module):
       y = (x - ra_mean.value) * lax.rsqrt(ra_var.value + self.epsilon)
       return (y * scale + bias).astype(self.dtype)
 
-    groups = x.reshape((self._num_groups(x.shape[0]), -1) + x.shape[1:])
+    num_groups = self._num_groups(x.shape[0])
+    if num_groups == 1 and cpu_defaults.use_fast_bn():
+      # CPU only: the same function, with reductions XLA:CPU runs faster.
+      out, mean, var = fast_bn.batch_norm_train(x, scale, bias, self.epsilon)
+      if not self.is_initializing():
+        self._update_averages(ra_mean, ra_var, mean, var)
+      return out.astype(self.dtype)
+
+    groups = x.reshape((num_groups, -1) + x.shape[1:])
     axes = tuple(range(1, groups.ndim - 1))
     mean = groups.mean(axes, keepdims=True)
     var = jnp.square(groups - mean).mean(axes, keepdims=True)
     y = ((groups - mean) * lax.rsqrt(var + self.epsilon)).reshape(x.shape)
     if not self.is_initializing():
-      m = self.momentum
-      new_mean = m * ra_mean.value + (1 - m) * mean.reshape(-1, c).mean(0)
-      new_var = m * ra_var.value + (1 - m) * var.reshape(-1, c).mean(0)
-      ra_mean.value = new_mean.astype(f32)
-      ra_var.value = new_var.astype(f32)
+      self._update_averages(
+        ra_mean, ra_var, mean.reshape(-1, c).mean(0), var.reshape(-1, c).mean(0)
+      )
     return (y * scale + bias).astype(self.dtype)
+
+  def _update_averages(self, ra_mean, ra_var, mean: Array, var: Array):
+    m = self.momentum
+    ra_mean.value = (m * ra_mean.value + (1 - m) * mean).astype(jnp.float32)
+    ra_var.value = (m * ra_var.value + (1 - m) * var).astype(jnp.float32)
 
   def _num_groups(self, batch: int) -> int:
     k = self.virtual_batch_size
