@@ -1,6 +1,6 @@
 """Faster defaults for training on CPU, each one overridable.
 
-Two settings, both measured in benchmarks/README.md:
+Three settings, all measured in benchmarks/README.md:
 
 1. XLA flag `--xla_cpu_experimental_ynn_fusion_type=dot`. By default
    XLA:CPU sends most convolutions, including every weight-gradient
@@ -13,14 +13,22 @@ Two settings, both measured in benchmarks/README.md:
 2. Chunked convolution weight gradients (`cnn_jax.models.fast_conv`), used
    by `cnn_jax.models.layers.conv` when the default backend is CPU. They
    stop XLA:CPU from recomputing BatchNorm/ReLU chains inside the transposes
-   that feed each weight gradient. The forward pass is unchanged. Gradients
-   differ from the plain path by float rounding only, so the setting is kept
-   to CPU, where it pays.
+   that feed each weight gradient. The forward pass is unchanged.
+3. Train-mode BatchNorm with a hand-written backward pass whose per-channel
+   sums are products with a vector of ones (`cnn_jax.models.fast_bn`), used
+   by `cnn_jax.models.layers.BatchNorm` when the default backend is CPU and
+   the statistics are over the whole batch. XLA:CPU's own column
+   reductions were most of ResNet-50's step.
+
+Settings 2 and 3 change the order of summation only: losses and gradients
+equal the plain path's to float rounding (tests/test_cpu_defaults.py), and
+eval-mode outputs are bit-identical. They are kept to CPU, where they pay.
 
 Overrides, by environment variable:
-- CNN_JAX_CPU_DEFAULTS=0 turns both off, which gives the plain JAX/XLA path.
-- CNN_JAX_FAST_CONV=0 or 1 turns setting 2 off or forces it on, on any
-  backend.
+- CNN_JAX_CPU_DEFAULTS=0 turns all three off, which gives the plain JAX/XLA
+  path.
+- CNN_JAX_FAST_CONV=0 or 1 and CNN_JAX_FAST_BN=0 or 1 turn setting 2 or 3
+  off, or force it on, on any backend.
 - Your own value of the flag in XLA_FLAGS always wins over setting 1.
 """
 
