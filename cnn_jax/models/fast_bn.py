@@ -40,7 +40,12 @@ def _channel_sum(a: Array) -> Array:
   channels = a.shape[-1]
   row = a.shape[-2] * channels if a.ndim > 2 else channels
   flat = a.reshape(-1, row)
-  partial = jnp.dot(jnp.ones((flat.shape[0],), a.dtype), flat)
+  # HIGHEST keeps full float32 where a backend would otherwise round the
+  # operands (TF32 on recent GPUs, when CNN_JAX_FAST_BN=1 forces this path
+  # there); XLA:CPU computes in full precision either way.
+  partial = jnp.dot(
+    jnp.ones((flat.shape[0],), a.dtype), flat, precision=lax.Precision.HIGHEST
+  )
   return partial.reshape(-1, channels).sum(0)
 
 
