@@ -12,7 +12,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cnn_jax import checkpoint, data, train
+from cnn_jax import checkpoint, data, errors, train
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where to write the run.')
 _CONFIG = config_flags.DEFINE_config_file(
@@ -26,6 +26,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 # Errors whose message already says what is wrong and what fixes it; a
 # traceback would only bury it.
 _USER_ERRORS = (
+  errors.ConfigError,
   data.DataError,
   checkpoint.CheckpointMismatchError,
   train.NonFiniteLossError,

@@ -17,6 +17,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
+from cnn_jax import errors
+
 DATA_AXIS = 'data'
 
 # Variables that mark a cluster that jax.distributed can discover itself.
@@ -90,7 +92,7 @@ def check_batch_size(
     (jax.process_count(), 'processes'),
   ):
     if global_batch % count:
-      raise ValueError(
+      raise errors.ConfigError(
         f'{flag}={global_batch} is not divisible by the {count} {what}; '
         f'choose a multiple of {count}.'
       )

@@ -27,8 +27,8 @@ from absl import logging
 
 from cnn_jax import checkpoint as ckpt_lib
 from cnn_jax import data as data_lib
+from cnn_jax import errors, models, optim, parallel
 from cnn_jax import metrics as metrics_lib
-from cnn_jax import models, optim, parallel
 
 PyTree = Any
 
@@ -63,9 +63,33 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
   return models.create_model(
     config.model.name,
     num_classes=num_classes,
-    dtype=jnp.dtype(config.model.dtype),
+    dtype=compute_dtype(config.model.dtype),
     **fields,
   )
+
+
+def compute_dtype(name: str) -> jnp.dtype:
+  """The model's computation dtype, from --config.model.dtype."""
+  allowed = ('float32', 'bfloat16', 'float16', 'float64')
+  if name not in allowed:
+    raise errors.ConfigError(
+      f'--config.model.dtype={name!r} is not a computation dtype; use one '
+      f'of {", ".join(allowed)}.'
+    )
+  return jnp.dtype(name)
+
+
+def check_virtual_batch(config: ml_collections.ConfigDict, devices: int):
+  """Fails early when BatchNorm's virtual batch does not divide a device's."""
+  k = config.parallel.get('bn_virtual_batch_size') or 0
+  per_device = config.train.batch_size // devices
+  if k and per_device % k:
+    raise errors.ConfigError(
+      f'--config.parallel.bn_virtual_batch_size={k} does not divide the '
+      f'{per_device} examples each device gets (batch '
+      f'{config.train.batch_size} over {devices} devices); choose a divisor '
+      f'of {per_device}.'
+    )
 
 
 def run_lengths(
@@ -395,6 +419,7 @@ def train_and_evaluate(
   parallel.check_batch_size(
     config.train.eval_batch_size, mesh, '--config.train.eval_batch_size'
   )
+  check_virtual_batch(config, mesh.size)
   save_run_record(config, workdir)
   writer = metrics_lib.MetricWriter(workdir)
 

@@ -11,8 +11,8 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def run_main(*args, timeout=120):
-  env = dict(os.environ, XLA_FLAGS='', TFDS_DATA_DIR='/nonexistent/tfds')
+def run_main(*args, timeout=120, xla_flags=''):
+  env = dict(os.environ, XLA_FLAGS=xla_flags, TFDS_DATA_DIR='/nonexistent/tfds')
   return subprocess.run(
     [sys.executable, '-m', 'cnn_jax.main', *args],
     env=env,
@@ -40,6 +40,37 @@ def test_bad_override_names_the_field(tmp_path, override, expected):
   assert expected in proc.stderr
   assert 'Traceback' not in proc.stderr
   assert not (tmp_path / 'checkpoints').exists()
+
+
+@pytest.mark.parametrize(
+  'override, xla_flags, expected',
+  [
+    (
+      '--config.train.batch_size=16',
+      '--xla_force_host_platform_device_count=3',
+      'not divisible by the 3 devices; choose a multiple of 3',
+    ),
+    (
+      '--config.parallel.bn_virtual_batch_size=5',
+      '',
+      'does not divide the 16 examples each device gets',
+    ),
+    ('--config.model.dtype=float17', '', 'use one of float32, bfloat16'),
+  ],
+)
+def test_unworkable_value_names_the_flag(
+  tmp_path, override, xla_flags, expected
+):
+  proc = run_main(
+    '--config=configs/default.py:smoke',
+    f'--workdir={tmp_path}',
+    override,
+    xla_flags=xla_flags,
+  )
+  assert proc.returncode != 0
+  assert override.split('=')[0] in proc.stderr
+  assert expected in proc.stderr
+  assert 'Traceback' not in proc.stderr
 
 
 def test_resnet152_without_imagenet_stops_quickly(tmp_path):
