@@ -20,6 +20,7 @@ so results differ from the plain path by float rounding only;
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -31,22 +32,31 @@ Array = jax.Array
 def _channel_sum(a: Array) -> Array:
   """Sums (N, ..., C) over all axes but the last, mostly as a product.
 
-  A product with a vector of ones sums (N·H, W·C) over its rows; a small
-  reduction then sums the W partial sums of each channel. Two levels keep
-  each running sum short, so float32 rounding stays at the level of
-  XLA's own reduction (a single product over N·H·W rows tripled the error
-  of the stem's bias gradient in tests/test_cpu_defaults.py).
+  The M = N·H·W rows of each channel are split into about sqrt(M) blocks of
+  B consecutive rows: a product with a vector of ones sums the (M / B,
+  B·C) view over its rows, then a small reduction sums the B partial sums
+  of each channel. Two short running sums keep float32 rounding at or
+  below the level of XLA's own reduction; one product over all M rows
+  tripled the error of a stem's bias gradient in tests/test_cpu_defaults.py.
   """
   channels = a.shape[-1]
-  row = a.shape[-2] * channels if a.ndim > 2 else channels
-  flat = a.reshape(-1, row)
+  block = _block_rows(a.size // channels)
+  flat = a.reshape(-1, block * channels)
   # HIGHEST keeps full float32 where a backend would otherwise round the
   # operands (TF32 on recent GPUs, when CNN_JAX_FAST_BN=1 forces this path
   # there); XLA:CPU computes in full precision either way.
   partial = jnp.dot(
     jnp.ones((flat.shape[0],), a.dtype), flat, precision=lax.Precision.HIGHEST
   )
-  return partial.reshape(-1, channels).sum(0)
+  return partial.reshape(block, channels).sum(0)
+
+
+def _block_rows(rows: int) -> int:
+  """The largest divisor of `rows` that is at most sqrt(rows)."""
+  for block in range(math.isqrt(rows), 0, -1):
+    if rows % block == 0:
+      return block
+  return 1
 
 
 def _statistics(x: Array) -> tuple[Array, Array]:
