@@ -119,6 +119,11 @@ def test_embedded_default_is_real_mnist(mnist_dir):
   test_images, test_labels = _eval_arrays(cfg)
   np.testing.assert_array_equal(np.bincount(labels), [400] * 10)
   np.testing.assert_array_equal(np.bincount(test_labels), [100] * 10)
+  # Digits interleaved: a smoke run's prefix (256 train, 64 test) holds
+  # all ten in nearly equal numbers.
+  np.testing.assert_array_equal(labels[:20], list(range(10)) * 2)
+  assert np.bincount(labels[:256]).min() == 25
+  assert np.bincount(test_labels[:64], minlength=10).min() == 6
   mean, std = _channel_stats(images)
   np.testing.assert_allclose(info.mean, mean, atol=1e-3)
   np.testing.assert_allclose(info.std, std, atol=1e-3)

@@ -9,8 +9,10 @@ would import scikit-learn and pandas).
 
 Split (fixed, documented, deterministic): for every digit, its first 400
 rows form the train split and its last 100 the test split, giving 4,000
-train and 1,000 test images, 10% of each per class. Both splits keep the
-file's order (digit 0 first).
+train and 1,000 test images, 10% of each per class. Both splits interleave
+the digits (the first 0, the first 1, ..., the first 9, the second 0, ...),
+so that every prefix, such as the first 256 images a smoke run keeps with
+--config.data.train_limit, holds all ten digits in nearly equal numbers.
 """
 
 from __future__ import annotations
@@ -77,5 +79,7 @@ def load(split: str, verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
     )
   rows = np.arange(len(table)) % PER_CLASS
   keep = rows < TRAIN_PER_CLASS if split == 'train' else rows >= TRAIN_PER_CLASS
-  images = table[keep, :-1].reshape(-1, 28, 28, 1)
-  return np.ascontiguousarray(images), labels[keep]
+  # (digit, k) order to (k, digit) order.
+  order = np.arange(keep.sum()).reshape(10, -1).T.ravel()
+  images = table[keep, :-1].reshape(-1, 28, 28, 1)[order]
+  return np.ascontiguousarray(images), labels[keep][order]
