@@ -64,6 +64,17 @@ def _describe(config: dict) -> str:
   return f'model {name}, optimizer {_lookup(config, "optim.name")}'
 
 
+def _first_difference(path: str, saved: Any, asked: Any) -> tuple:
+  """The first dotted field at or below `path` whose values differ."""
+  if isinstance(saved, dict) and isinstance(asked, dict):
+    for key in sorted(set(saved) | set(asked)):
+      if saved.get(key) != asked.get(key):
+        return _first_difference(
+          f'{path}.{key}', saved.get(key), asked.get(key)
+        )
+  return path, saved, asked
+
+
 class Checkpointer:
   """Saves and restores train state in `workdir/checkpoints`.
 
@@ -135,10 +146,14 @@ class Checkpointer:
     saved = self.saved_config(step)
     for key in _STATE_DEFINING:
       if _lookup(saved, key) != _lookup(self._config, key):
+        path, was, now = _first_difference(
+          key, _lookup(saved, key), _lookup(self._config, key)
+        )
         raise CheckpointMismatchError(
           f'{self.directory} (step {step}) holds {_describe(saved)}, but '
-          f'the config asks for {_describe(self._config)} ({key} differs). '
-          'Use a new --workdir, or restore the original config.'
+          f'the config asks for {_describe(self._config)} ({path} differs: '
+          f'{was!r} saved, {now!r} asked). Use a new --workdir, or restore '
+          'the original config.'
         )
     meta = self.manager.item_metadata(step)['state']
     want = _leaves_by_name(state)

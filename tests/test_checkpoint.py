@@ -246,6 +246,9 @@ def test_different_model_in_workdir_is_refused(tmp_path):
   )
   assert proc.returncode != 0
   assert 'resnet20' in proc.stderr and 'resnet56' in proc.stderr
+  assert "model.name differs: 'resnet20' saved, 'resnet56' asked" in (
+    proc.stderr
+  )
   # Nothing was overwritten: the workdir still holds resnet20 at step 2.
   state, _ = restore_state(smoke_config(2), tmp_path, parallel.make_mesh(1))
   assert int(state.step) == 2
