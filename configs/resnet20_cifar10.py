@@ -7,7 +7,7 @@ Smoke test (seconds, any machine):
       --workdir=DIR
 Hardware: one GPU or TPU chip; 164 epochs (64k steps of batch 128).
 Expected: about 91.25% top-1 on the 10,000 test images (paper: 8.75% error).
-Two epochs on a 2-core CPU (5 min 37 s idle, 74.8% top-1), with a schedule
+Two epochs on a 2-core CPU (5 min 30 s idle, 75.2% top-1), with a schedule
 made for the short budget (README, "Results"):
   python -m cnn_jax.main --config=configs/resnet20_cifar10.py --workdir=DIR \
       --config.train.num_epochs=2 --config.train.batch_size=32 \
