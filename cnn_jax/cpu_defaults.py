@@ -57,7 +57,7 @@ def apply() -> None:
   os.environ['XLA_FLAGS'] = flags
 
 
-def _chunked_path(variable: str) -> bool:
+def _cpu_default_setting(variable: str) -> bool:
   setting = os.environ.get(variable, '').lower()
   if setting in ('0', 'false', 'no'):
     return False
@@ -78,15 +78,15 @@ def use_fast_conv() -> bool:
   Decided when a model is traced, so the environment variable can change
   between two jitted functions in one process.
   """
-  return _chunked_path('CNN_JAX_FAST_CONV')
+  return _cpu_default_setting('CNN_JAX_FAST_CONV')
 
 
 def use_fast_bn() -> bool:
-  """Whether `layers.BatchNorm` takes the chunked train-mode statistics.
+  """Whether `layers.BatchNorm` trains through `cnn_jax.models.fast_bn`.
 
   As `use_fast_conv`, with CNN_JAX_FAST_BN.
   """
-  return _chunked_path('CNN_JAX_FAST_BN')
+  return _cpu_default_setting('CNN_JAX_FAST_BN')
 
 
 def active_flags() -> list[str]:
