@@ -6,6 +6,7 @@ the experiments and the tests all call it.
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import logging as logging_std
@@ -31,6 +32,15 @@ from cnn_jax import errors, models, optim, parallel
 from cnn_jax import metrics as metrics_lib
 
 PyTree = Any
+
+# How many train or eval steps the host dispatches before it waits for the
+# oldest one. Two keep the devices busy while the host prepares the next
+# batch. Unbounded run-ahead deadlocks XLA:CPU with several devices (seen
+# with jax 0.10.2 and 8 host devices on 2 cores): launches that wait for a
+# device's in-flight limit hold the client's threads, so the last device of
+# an all-reduce never starts, and XLA aborts after 40 s with 'Expected 8
+# threads to join the rendezvous, but only 7 of them arrived on time'.
+MAX_STEPS_IN_FLIGHT = 2
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -295,20 +305,32 @@ def make_eval_step(model, mean, std) -> Callable[[dict, dict], dict]:
   return eval_step
 
 
+def _add_on_host(totals: dict[str, float], sums: dict) -> None:
+  for name, value in sums.items():
+    totals[name] = totals.get(name, 0.0) + float(np.asarray(value))
+
+
 def evaluate(
   eval_step: Callable,
   variables: dict,
   batches: Iterator[dict],
   mesh: jax.sharding.Mesh,
 ) -> dict[str, float]:
-  """Runs the complete eval split; padding is masked, never counted."""
-  totals = None
+  """Runs the complete eval split; padding is masked, never counted.
+
+  Each batch's sums are fetched once the next batch has been dispatched and
+  added on the host in float64, so counts stay exact on any split size.
+  """
+  totals: dict[str, float] = {}
+  in_flight = collections.deque()
   for local in batches:
-    sums = eval_step(variables, parallel.global_batch(local, mesh))
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  if totals is None:
+    in_flight.append(eval_step(variables, parallel.global_batch(local, mesh)))
+    if len(in_flight) >= MAX_STEPS_IN_FLIGHT:
+      _add_on_host(totals, in_flight.popleft())
+  if not in_flight and not totals:
     raise ValueError('the eval split yielded no batches.')
-  totals = jax.tree.map(lambda x: float(np.asarray(x)), totals)
+  while in_flight:
+    _add_on_host(totals, in_flight.popleft())
   count = totals['count']
   return {
     'top1': totals['top1'] / count,
@@ -493,6 +515,7 @@ def train_and_evaluate(
   # Loop.
   started = time.perf_counter()
   history, result = [], None
+  in_flight = collections.deque()
   tick, tick_step = time.perf_counter(), start
   with _StopRequest() as stop:
     step = start
@@ -501,6 +524,9 @@ def train_and_evaluate(
       state, step_metrics = train_step(state, batch)
       step += 1
       history.append((step, step_metrics))
+      in_flight.append(step_metrics)
+      if len(in_flight) >= MAX_STEPS_IN_FLIGHT:
+        jax.block_until_ready(in_flight.popleft())
       if step == start + 1:
         # Keep compilation out of the throughput figures.
         jax.block_until_ready(state)

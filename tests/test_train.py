@@ -178,6 +178,46 @@ def test_eval_counts_every_example_once_on_eight_devices():
   assert result['loss'] == pytest.approx(want_loss, rel=1e-4)
 
 
+def test_evaluate_fetches_each_batch_before_running_ahead():
+  """No more than MAX_STEPS_IN_FLIGHT eval steps are dispatched unfetched.
+
+  Unbounded run-ahead deadlocked XLA:CPU's all-reduce on 8 host devices.
+  The sums here record when the host reads them.
+  """
+  dispatched, fetched, ahead = [0], [0], []
+
+  class Sum:
+    def __init__(self, value):
+      self.value = value
+
+    def __array__(self, dtype=None, copy=None):
+      fetched[0] += 1
+      return np.asarray(self.value, dtype)
+
+  def eval_step(variables, batch):
+    dispatched[0] += 1
+    ahead.append(dispatched[0] - fetched[0] // 4)
+    n = float(batch['mask'].sum())
+    return {'count': Sum(n), 'loss': Sum(n), 'top1': Sum(1), 'top5': Sum(2)}
+
+  mesh = parallel.make_mesh(1)
+  batches = [
+    {
+      'image': np.zeros((4, 2, 2, 1), np.uint8),
+      'label': np.zeros(4, np.int32),
+      'mask': np.arange(4) < (3 if i == 9 else 4),
+    }
+    for i in range(10)
+  ]
+  result = train.evaluate(eval_step, {}, iter(batches), mesh)
+  assert dispatched[0] == 10 and fetched[0] == 40
+  assert max(ahead) == train.MAX_STEPS_IN_FLIGHT == 2
+  assert result['count'] == 39
+  assert result['loss'] == 1.0
+  assert result['top1'] == pytest.approx(10 / 39)
+  assert result['top5'] == pytest.approx(20 / 39)
+
+
 def test_weight_decay_touches_only_the_21_kernels_of_resnet18():
   model = models.create_model('resnet18', num_classes=1000)
   variables = jax.eval_shape(
