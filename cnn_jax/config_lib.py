@@ -253,6 +253,8 @@ def imagenet_googlenet_config(smoke: bool = False) -> ml_collections.ConfigDict:
   c.model.fields.large_kernel = 5
   c.model.fields.dropout_rate = 0.4
   c.model.fields.head = 'gap_fc'
+  # True for torchvision's pretrained googlenet_tv weights (see convert.py).
+  c.model.fields.transform_input = False
   c.optim.learning_rate = 0.04
   c.optim.lr_batch_size = 256
   c.optim.schedule = 'staircase'

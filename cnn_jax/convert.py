@@ -43,12 +43,6 @@ from cnn_jax.models import VGG, GoogLeNet, ResNet
 
 PyTree = Any
 
-# torchvision's GoogLeNet(transform_input=True), the setting of its
-# pretrained weights, maps ImageNet-normalised inputs channel by channel to
-# x * std / 0.5 + (mean - 0.5) / 0.5, i.e. back to pixels in [-1, 1].
-_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-_IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-
 # ResNet depths with ImageNet configs; the others are CIFAR ResNets.
 _IMAGENET_DEPTHS = ('18', '34', '50', '101', '152')
 
@@ -94,9 +88,9 @@ def convert_state_dict(
       average pooling is folded into that layer's weight.
     transform_input: the weights come from torchvision's
       GoogLeNet(transform_input=True), which its pretrained weights use.
-      The rescaling is folded into conv1 and its BatchNorm; exact except
-      where conv1 reads its zero padding (the outermost 2 rows and columns
-      of its output), as our model has no such input transform.
+      The weights are unchanged; build the model with the same field,
+      `create_model('googlenet_tv', transform_input=True)`, which rescales
+      its input as torchvision does. `convert_file` records the field.
     **fields: model fields for `create_model`, e.g. version='v1' or
       aux_heads=False (googlenet_tv: default is whether the state_dict
       holds aux1/aux2).
@@ -111,17 +105,15 @@ def convert_state_dict(
       counterpart, or variables the state_dict does not provide.
     ValueError, TypeError: an unknown model name or field.
   """
-  return _convert(
-    model_name, state_dict, num_classes, image_size, transform_input, fields
-  )[1]
+  if transform_input:
+    fields = {**fields, 'transform_input': True}
+  return _convert(model_name, state_dict, num_classes, image_size, fields)[1]
 
 
-def _convert(
-  model_name, state_dict, num_classes, image_size, transform, fields
-):
+def _convert(model_name, state_dict, num_classes, image_size, fields):
   """`convert_state_dict`, returning (model, variables)."""
   arrays = {k: _to_numpy(v) for k, v in state_dict.items()}
-  model = _build_model(model_name, arrays, num_classes, transform, fields)
+  model = _build_model(model_name, arrays, num_classes, fields)
   hw = (image_size, image_size) if isinstance(image_size, int) else image_size
   target = _target_shapes(model, hw)
   rename = _renamer(model)
@@ -151,8 +143,6 @@ def _convert(
       + _listing('torch tensors without a counterpart', unused)
       + _listing('variables not provided', missing)
     )
-  if transform:
-    _fold_input_transform(out)
   return model, _unflatten(out)
 
 
@@ -250,16 +240,15 @@ def convert_file(
         '(googlenet(weights=...) sets it), false for weights trained '
         'without it.'
       )
-  model, variables = _convert(
-    model_name, state_dict, None, image_size, bool(transform_input), fields
-  )
+  if transform_input:
+    fields = {**fields, 'transform_input': True}
+  model, variables = _convert(model_name, state_dict, None, image_size, fields)
   info = {
     'name': model_name,
     'num_classes': model.num_classes,
     'fields': _fields_used(model_name, state_dict, fields),
     'image_size': image_size,
     'source': os.path.abspath(torch_path),
-    'transform_input_folded': bool(transform_input),
   }
   checkpoint.save_variables(out_dir, jax.tree.map(jnp.asarray, variables), info)
   return info
@@ -268,11 +257,11 @@ def convert_file(
 # ------------------------------------------------------------ the model
 
 
-def _build_model(name, arrays, num_classes, transform_input, fields):
+def _build_model(name, arrays, num_classes, fields):
   cls = type(models.create_model(name, num_classes=1))
   if cls not in (ResNet, VGG, GoogLeNet):
     raise ValueError(f'{name} is not convertible.')
-  if transform_input and cls is not GoogLeNet:
+  if fields.get('transform_input') and cls is not GoogLeNet:
     raise ValueError('transform_input applies to GoogLeNet only.')
   if num_classes is None:
     weight = arrays.get(_CLASSIFIER.get(cls, 'fc.weight'))
@@ -409,18 +398,6 @@ def _pool_matrix(size: int, out: int = 7) -> np.ndarray:
   return m
 
 
-def _fold_input_transform(flat: dict[str, np.ndarray]) -> None:
-  """Folds GoogLeNet's transform_input into conv1's kernel and BN mean."""
-  kernel = flat['params/conv1/conv/kernel']  # (kh, kw, 3, out)
-  scale = _IMAGENET_STD / 0.5
-  shift = (_IMAGENET_MEAN - 0.5) / 0.5
-  flat['params/conv1/conv/kernel'] = kernel * scale[:, None]
-  # conv(x * scale + shift) = conv_scaled(x) + sum of kernel * shift, which
-  # BatchNorm absorbs as a lower running mean.
-  offset = np.einsum('hwio,i->o', kernel, shift)
-  flat['batch_stats/conv1/bn/mean'] = flat['batch_stats/conv1/bn/mean'] - offset
-
-
 # ------------------------------------------------------------ helpers
 
 
@@ -536,6 +513,8 @@ def eval_command(info: dict[str, Any], directory: str) -> str:
       f'--config.model.fields.aux_heads={aux}',
       '--config.model.fields.dropout_rate=0.2',
     ]
+    if info['fields'].get('transform_input'):
+      flags.append('--config.model.fields.transform_input=True')
   flags += [
     f'--config.checkpoint.init_from={directory}',
     '--config.train.eval_only=True',

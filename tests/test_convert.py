@@ -37,7 +37,6 @@ from torch.nn import functional  # noqa: E402
 
 from cnn_jax import config_lib, convert, models, train  # noqa: E402
 from cnn_jax import data as data_lib  # noqa: E402
-from cnn_jax.models import layers  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOL = 1e-4
@@ -241,9 +240,10 @@ def test_cifar_resnet20_matches_a_pytorch_definition():
 # ---------------------------------------------------- GoogLeNet's input
 
 
-def test_googlenet_transform_input_folds_into_conv1():
+def test_googlenet_transform_input_matches_torchvision_everywhere():
   # What googlenet(weights=...).state_dict() holds: no aux heads, weights
-  # that expect transform_input.
+  # that expect transform_input. Random inputs reach the image border, where
+  # conv1 pads the rescaled image with zeros.
   hw = (75, 67)
   reference = torchvision_model(
     'googlenet_tv', transform_input=True, aux_logits=False
@@ -254,22 +254,31 @@ def test_googlenet_transform_input_folds_into_conv1():
     'googlenet_tv', reference.state_dict(), transform_input=True
   )
   assert 'aux_head1' not in variables['params']
+  model = models.create_model(
+    'googlenet_tv', NUM_CLASSES, aux_heads=False, transform_input=True
+  )
+  got = cnn_jax_logits(model, variables, x)
+  expected = torch_logits(reference, x)
+  assert_logits_match(got, expected)
+  # The field matters: without it the same weights see other inputs.
+  plain = models.create_model('googlenet_tv', NUM_CLASSES, aux_heads=False)
+  assert np.abs(cnn_jax_logits(plain, variables, x) - expected).max() > 0.1
 
-  # conv1 sees the rescaled image in torchvision and the raw one here; the
-  # results agree wherever the 7x7/2 window stays inside the image.
-  with torch.no_grad():
-    xt = torch.from_numpy(x)
-    expected = reference.conv1(reference._transform_input(xt)).numpy()
-  block = layers.ConvBlock(64, 7, 2, bn_epsilon=1e-3)
-  conv1 = {k: v['conv1'] for k, v in variables.items()}
-  got = block.apply(conv1, jnp.asarray(x.transpose(0, 2, 3, 1)))
-  got = np.asarray(got).transpose(0, 3, 1, 2)
-  assert got.shape == expected.shape
-  inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))
-  np.testing.assert_allclose(got[inner], expected[inner], rtol=0, atol=TOL)
-  # At the border torchvision pads the rescaled image with zeros, which
-  # is no longer zero in our input space.
-  assert np.abs(got - expected).max() > TOL
+
+def test_converted_googlenet_records_transform_input(tmp_path):
+  reference = torchvision_model(
+    'googlenet_tv', transform_input=True, aux_logits=False
+  )
+  path = tmp_path / 'googlenet.pth'
+  torch.save(reference.state_dict(), path)
+  info = convert.convert_file(
+    'googlenet_tv', str(path), str(tmp_path / 'out'), transform_input=True
+  )
+  assert info['fields'] == {'aux_heads': False, 'transform_input': True}
+  command = convert.eval_command(info, str(tmp_path / 'out'))
+  assert '--config.model.fields.transform_input=True' in command
+  built = train.build_model(config_from_command(command), 1000)
+  assert built.transform_input and not built.aux_heads
 
 
 # ---------------------------------------------------- errors

@@ -12,6 +12,10 @@ Two registered forms share this module:
 All max pools round their output size up (Caffe's and torchvision's
 ceil_mode), which gives the paper's map sizes: 112 -> 56 -> 28 -> 14 -> 7.
 
+torchvision's pretrained weights were trained on pixels scaled to [-1, 1];
+`transform_input=True` maps the ImageNet-normalised input back to that range
+first, as torchvision's GoogLeNet(transform_input=True) does.
+
 Parameter names follow torchvision: conv1/{conv,bn}, conv2, conv3,
 inception3a/branch1, inception3a/branch2_reduce,
 inception3a/branch2, inception3a/branch3_reduce, inception3a/branch3,
@@ -26,6 +30,11 @@ import jax.numpy as jnp
 
 from cnn_jax.models import layers
 from cnn_jax.models.layers import Array, Dtype
+
+# The per-channel ImageNet statistics that torchvision's data pipeline
+# normalises with, and that `transform_input` undoes.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Table 1: #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj.
 INCEPTION = {
@@ -128,6 +137,8 @@ class GoogLeNet(nn.Module):
     dropout_rate: dropout before the classifier.
     dtype: computation dtype; parameters and BN statistics stay float32.
     bn_virtual_batch_size: see `layers.BatchNorm.virtual_batch_size`.
+    transform_input: rescale each channel from ImageNet normalisation to
+      [-1, 1] before the stem, for torchvision's pretrained weights.
   """
 
   num_classes: int = 1000
@@ -145,6 +156,7 @@ class GoogLeNet(nn.Module):
   dropout_rate: float = 0.4
   dtype: Dtype = jnp.float32
   bn_virtual_batch_size: int | None = None
+  transform_input: bool = False
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
@@ -154,6 +166,11 @@ class GoogLeNet(nn.Module):
     (after 5b) and pre_logits.
     """
     layers.check_nhwc(x)
+    if self.transform_input:
+      # (x * std + mean - 0.5) / 0.5: normalised input back to pixels in
+      # [-1, 1], computed in float32 before any cast to the compute dtype.
+      std, mean = jnp.asarray(IMAGENET_STD), jnp.asarray(IMAGENET_MEAN)
+      x = x * (std / 0.5) + (mean - 0.5) / 0.5
     x = x.astype(self.dtype)
     block = functools.partial(
       layers.ConvBlock,
