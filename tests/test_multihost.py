@@ -83,11 +83,14 @@ def test_two_processes_match_one_process(tmp_path):
   ]
   assert sum('num_params' in r for r in rows) == 1
 
+  # The checkpoints record the float64 compute dtype, and restoring checks
+  # the model config, so this process restores under x64 too.
   config = smoke_config(3)
   config.train.batch_size = 32
   config.model.dtype = 'float64'
-  a, _ = restore_state(config, single, parallel.make_mesh(1))
-  b, _ = restore_state(config, multi, parallel.make_mesh(1))
+  with jax.enable_x64(True):
+    a, _ = restore_state(config, single, parallel.make_mesh(1))
+    b, _ = restore_state(config, multi, parallel.make_mesh(1))
   assert int(a.step) == int(b.step) == 3
   for x, y in zip(
     jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True
