@@ -16,29 +16,7 @@ import pytest
 from cnn_jax import checkpoint as ckpt_lib
 from cnn_jax import config_lib, optim, parallel, train
 from cnn_jax import data as data_lib
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIG = str(REPO / 'configs' / 'resnet20_cifar10.py') + ':smoke'
-
-
-def run_main(workdir, *overrides, devices=1, timeout=600, check=True):
-  """Runs `python -m cnn_jax.main` in a fresh process."""
-  env = dict(os.environ)
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
-  cmd = [
-    sys.executable,
-    '-m',
-    'cnn_jax.main',
-    f'--config={CONFIG}',
-    f'--workdir={workdir}',
-    *overrides,
-  ]
-  proc = subprocess.run(
-    cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO
-  )
-  if check and proc.returncode != 0:
-    raise AssertionError(f'{cmd} failed:\n{proc.stderr[-4000:]}')
-  return proc
+from tests.launch import REPO, run_main, start_main
 
 
 def smoke_config(steps, **train_fields):
@@ -130,24 +108,11 @@ def test_checkpoint_from_8_devices_restores_on_4_2_1(tmp_path):
 
 
 def test_sigterm_saves_and_exits_zero(tmp_path):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
-  cmd = [
-    sys.executable,
-    '-m',
-    'cnn_jax.main',
-    f'--config={CONFIG}',
-    f'--workdir={tmp_path}',
+  proc = start_main(
+    tmp_path,
     '--config.train.num_train_steps=100000',
     '--config.train.log_every_steps=1',
     '--config.checkpoint.every_steps=100000',
-  ]
-  proc = subprocess.Popen(
-    cmd,
-    env=env,
-    cwd=REPO,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT,
-    text=True,
   )
   metrics_file = tmp_path / 'metrics.jsonl'
   deadline = time.time() + 300
@@ -229,21 +194,7 @@ def test_keeps_last_k_and_the_best(tmp_path):
 def test_different_model_in_workdir_is_refused(tmp_path):
   run_main(tmp_path, '--config.train.num_train_steps=2')
   other = str(REPO / 'configs' / 'resnet56_cifar10.py') + ':smoke'
-  env = dict(os.environ, XLA_FLAGS='')
-  proc = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'cnn_jax.main',
-      f'--config={other}',
-      f'--workdir={tmp_path}',
-    ],
-    env=env,
-    capture_output=True,
-    text=True,
-    cwd=REPO,
-    timeout=300,
-  )
+  proc = run_main(tmp_path, config=other, timeout=300, check=False)
   assert proc.returncode != 0
   assert 'resnet20' in proc.stderr and 'resnet56' in proc.stderr
   assert "model.name differs: 'resnet20' saved, 'resnet56' asked" in (

@@ -1,20 +1,15 @@
 """Two jax.distributed processes on 127.0.0.1 train like one process."""
 
 import json
-import os
-import pathlib
 import socket
-import subprocess
-import sys
 
 import jax
 import numpy as np
 
 from cnn_jax import parallel
+from tests import launch as launch_lib
 from tests.test_checkpoint import restore_state, smoke_config
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIG = str(REPO / 'configs' / 'resnet20_cifar10.py') + ':smoke'
 # float64 compute, as in test_train: in float32 a different summation
 # order (one process vs two) moves ResNet-20's early gradients by ~1%.
 COMMON = [
@@ -32,26 +27,8 @@ def free_port() -> int:
 
 
 def launch(workdir, devices, *extra):
-  env = dict(os.environ)
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
-  env['JAX_ENABLE_X64'] = '1'
-  cmd = [
-    sys.executable,
-    '-m',
-    'cnn_jax.main',
-    f'--config={CONFIG}',
-    f'--workdir={workdir}',
-    *COMMON,
-    *extra,
-  ]
-  return subprocess.Popen(
-    cmd,
-    env=env,
-    cwd=REPO,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT,
-    text=True,
-  )
+  env = launch_lib.environment(devices, JAX_ENABLE_X64='1')
+  return launch_lib.start_main(workdir, *COMMON, *extra, env=env)
 
 
 def finish(proc):
