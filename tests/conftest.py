@@ -2,12 +2,15 @@
 
 import os
 
+from tests.launch import COLLECTIVE_TIMEOUT
+
 # Before JAX starts its CPU backend: the sharding tests need 8 devices.
 _flags = os.environ.get('XLA_FLAGS', '')
 if 'xla_force_host_platform_device_count' not in _flags:
-  os.environ['XLA_FLAGS'] = (
-    f'{_flags} --xla_force_host_platform_device_count=8'.strip()
-  )
+  _flags = f'{_flags} --xla_force_host_platform_device_count=8'
+if 'collective_call_terminate_timeout' not in _flags:
+  _flags = f'{_flags} {COLLECTIVE_TIMEOUT}'
+os.environ['XLA_FLAGS'] = _flags.strip()
 
 import pathlib  # noqa: E402
 
