@@ -11,8 +11,8 @@ Three settings, all measured in benchmarks/README.md:
    when cnn_jax is imported, because XLA reads the flags once, when the
    first backend starts.
 2. Chunked convolution weight gradients (`cnn_jax.models.fast_conv`), used
-   by `cnn_jax.models.layers.conv` when the default backend is CPU. They
-   stop XLA:CPU from recomputing BatchNorm/ReLU chains inside the transposes
+   by `cnn_jax.models.layers.conv` when the default backend is CPU and the
+   process sees one device (see `use_fast_conv`). They stop XLA:CPU from recomputing BatchNorm/ReLU chains inside the transposes
    that feed each weight gradient. The forward pass is unchanged.
 3. Train-mode BatchNorm with a hand-written backward pass whose per-channel
    sums are products with a vector of ones (`cnn_jax.models.fast_bn`), used
@@ -57,11 +57,15 @@ def apply() -> None:
   os.environ['XLA_FLAGS'] = flags
 
 
+_OFF = ('0', 'false', 'no')
+_ON = ('1', 'true', 'yes')
+
+
 def _cpu_default_setting(variable: str) -> bool:
   setting = os.environ.get(variable, '').lower()
-  if setting in ('0', 'false', 'no'):
+  if setting in _OFF:
     return False
-  if setting in ('1', 'true', 'yes'):
+  if setting in _ON:
     return True
   if not enabled():
     return False
@@ -73,12 +77,26 @@ def _cpu_default_setting(variable: str) -> bool:
 def use_fast_conv() -> bool:
   """Whether `layers.conv` takes the chunked weight gradient.
 
-  Yes on the CPU backend unless CNN_JAX_FAST_CONV=0 or
-  CNN_JAX_CPU_DEFAULTS=0. CNN_JAX_FAST_CONV=1 forces it on any backend.
+  Yes on the CPU backend with a single device, unless CNN_JAX_FAST_CONV=0
+  or CNN_JAX_CPU_DEFAULTS=0. CNN_JAX_FAST_CONV=1 forces it on any backend.
   Decided when a model is traced, so the environment variable can change
   between two jitted functions in one process.
+
+  Not by default with several devices (simulated CPU devices, or several
+  processes): the chunks of the batch then span devices, so every chunk
+  ends in its own all-reduce, over subgroups of the devices. XLA:CPU runs
+  independent loops at once, each holding a thread while it waits for the
+  other devices, and on 2 cores this deadlocked (seen in CI and reproduced
+  here: rendezvous over devices [0, 2, 4, 6], [1, 3, 5, 7] and all 8 waiting
+  on one another until XLA aborted).
   """
-  return _cpu_default_setting('CNN_JAX_FAST_CONV')
+  if not _cpu_default_setting('CNN_JAX_FAST_CONV'):
+    return False
+  if os.environ.get('CNN_JAX_FAST_CONV', '').lower() in _ON:
+    return True
+  import jax
+
+  return jax.device_count() == 1
 
 
 def use_fast_bn() -> bool:

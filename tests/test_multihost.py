@@ -27,9 +27,9 @@ def free_port() -> int:
 
 
 def launch(workdir, devices, *extra):
-  # The plain conv gradient: the chunked one all-reduces once per chunk on
-  # a multi-device mesh, and every in-process rendezvous on 2 busy cores is
-  # a chance for XLA:CPU to stall (see train.MAX_STEPS_IN_FLIGHT).
+  # The same conv gradient in both runs: by default the 1-device run would
+  # take the chunked one, which is for one device only (see
+  # cpu_defaults.use_fast_conv).
   env = launch_lib.environment(
     devices, JAX_ENABLE_X64='1', CNN_JAX_FAST_CONV='0'
   )
