@@ -12,8 +12,9 @@ Three settings, all measured in benchmarks/README.md:
    first backend starts.
 2. Chunked convolution weight gradients (`cnn_jax.models.fast_conv`), used
    by `cnn_jax.models.layers.conv` when the default backend is CPU and the
-   process sees one device (see `use_fast_conv`). They stop XLA:CPU from recomputing BatchNorm/ReLU chains inside the transposes
-   that feed each weight gradient. The forward pass is unchanged.
+   process sees one device (see `use_fast_conv`). They stop XLA:CPU from
+   recomputing BatchNorm/ReLU chains inside the transposes that feed each
+   weight gradient. The forward pass is unchanged.
 3. Train-mode BatchNorm with a hand-written backward pass whose per-channel
    sums are products with a vector of ones (`cnn_jax.models.fast_bn`), used
    by `cnn_jax.models.layers.BatchNorm` when the default backend is CPU and

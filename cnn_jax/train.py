@@ -35,11 +35,11 @@ PyTree = Any
 
 # How many train or eval steps the host dispatches before it waits for the
 # oldest one. Two keep the devices busy while the host prepares the next
-# batch. Unbounded run-ahead deadlocks XLA:CPU with several devices (seen
-# with jax 0.10.2 and 8 host devices on 2 cores): launches that wait for a
-# device's in-flight limit hold the client's threads, so the last device of
-# an all-reduce never starts, and XLA aborts after 40 s with 'Expected 8
-# threads to join the rendezvous, but only 7 of them arrived on time'.
+# batch. Unbounded run-ahead deadlocked XLA:CPU with several devices (jax
+# 0.10.2, 8 host devices on 2 cores, an eval of 79 batches): some devices'
+# launches waited on their device's in-flight limit, the others waited in an
+# all-reduce for them, and XLA aborted after 40 s with 'Expected 8 threads
+# to join the rendezvous, but only 7 of them arrived on time'.
 MAX_STEPS_IN_FLIGHT = 2
 
 
