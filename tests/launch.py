@@ -10,10 +10,12 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SMOKE_CONFIG = str(REPO / 'configs' / 'resnet20_cifar10.py') + ':smoke'
 
 # XLA:CPU aborts the process when one simulated device reaches an
-# all-reduce 40 s after the others. It happened once in CI, in a 4-device
-# float64 run beside another busy xdist worker, and not in 34 runs here
-# under the same load, so whether that device was late or stuck is unknown.
-# With 5 minutes, lateness only slows a test; a real stall still fails.
+# all-reduce 40 s after the others. The stalls seen in CI came from the
+# chunked conv gradient's per-chunk all-reduces, now a one-device default
+# (cnn_jax.cpu_defaults.use_fast_conv). On 2 busy cores a device can also
+# just be late; XLA logs such a case as a false alarm when the device
+# arrives. With 5 minutes lateness only slows a test; a real stall still
+# fails.
 COLLECTIVE_TIMEOUT = '--xla_cpu_collective_call_terminate_timeout_seconds=300'
 
 
