@@ -23,8 +23,9 @@ OpenMP threads keep spinning on the cores after each call and slow down
 the XLA call that follows. The comparison runs ours, PyTorch, PyTorch,
 ours, and a shape's figure is the mean of its two medians of `--repeats`
 calls. Needs torch in the same environment, like `torch_reference.py` (the
-`bench` extra). One JSON line per convolution and kind, then a summary
-whose totals weight each shape by how many layers of the net have it.
+`bench` extra). One JSON line per convolution and kind; the comparison
+then prints a summary whose totals weight each shape by how many layers of
+the net have it.
 """
 
 from __future__ import annotations
@@ -57,8 +58,11 @@ def conv_shapes(depth: int) -> list[dict]:
   of two 3x3 convolutions at 16, 32 and 64 channels, the first of stages 2
   and 3 with stride 2. Option-A shortcuts have no convolution.
   """
-  if (depth - 2) % 6:
-    raise SystemExit(f'--depth={depth}: a CIFAR ResNet has 6n + 2 layers.')
+  if depth < 8 or (depth - 2) % 6:
+    raise SystemExit(
+      f'--depth={depth}: a CIFAR ResNet has 6n + 2 layers, n >= 1 (20, '
+      '32, 44, 56, 110, ...).'
+    )
   n = (depth - 2) // 6
   return [
     dict(cin=3, cout=16, size=32, stride=1, layers=1),
@@ -270,6 +274,9 @@ def main(argv=None) -> None:
     help='time one framework in this process instead of comparing both',
   )
   args = p.parse_args(argv)
+  for flag in ('batch_size', 'repeats'):
+    if getattr(args, flag) < 1:
+      p.error(f'--{flag} must be at least 1, got {getattr(args, flag)}.')
   if args.framework:
     measure(args.framework, args.depth, args.batch_size, args.repeats)
     return

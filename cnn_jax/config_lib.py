@@ -13,6 +13,22 @@ import os
 import ml_collections
 
 from cnn_jax import data as data_lib
+from cnn_jax import errors
+
+MODES = ('smoke',)
+
+
+def is_smoke(mode: str | None) -> bool:
+  """The mode after ':' in --config=FILE:MODE; only 'smoke' exists."""
+  if mode in (None, ''):
+    return False
+  if mode not in MODES:
+    raise errors.ConfigError(
+      f'--config=...:{mode}: unknown config mode; add :smoke after the '
+      'file name for the smoke run, or nothing for the full run.'
+    )
+  return True
+
 
 # The project's shared data sits beside the repository checkout
 # (../shared/datasets); resolved from this file so any working directory works.

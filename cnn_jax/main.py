@@ -6,6 +6,7 @@
 Running the same command again resumes from the latest checkpoint in DIR.
 """
 
+import os
 import re
 import sys
 
@@ -35,9 +36,26 @@ _USER_ERRORS = (
 
 def parse_flags(argv: list[str]) -> list[str]:
   """Parses flags; a mistyped --config.a.b field exits with a short error."""
+  for arg in argv[1:]:
+    if arg.startswith('--config='):
+      path = arg.removeprefix('--config=').split(':')[0]
+      if not os.path.isfile(path):
+        sys.exit(
+          f'FATAL --config={path}: no such file. The experiment configs '
+          'are in configs/, e.g. configs/default.py.'
+        )
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
+    # A ConfigError from the config file's get_config arrives re-raised with
+    # the traceback in its message; the first one raised has the message.
+    cause, first = e, None
+    while cause is not None:
+      if isinstance(cause, errors.ConfigError):
+        first = cause
+      cause = cause.__cause__ or cause.__context__
+    if first is not None:
+      sys.exit(f'FATAL ConfigError: {first}')
     sys.exit(f'FATAL Flags parsing error: {e}')
   except (AttributeError, KeyError) as e:
     # ml_collections raises these for an override of a field that does not

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from cnn_jax import errors
+
 Schedule = Callable[[jax.Array], jax.Array]
 
 
@@ -71,9 +73,9 @@ def build_schedule(
       staircase=True,
     )
   else:
-    raise ValueError(
-      f'config.optim.schedule: expected constant, piecewise, cosine or '
-      f'staircase, got {kind!r}.'
+    raise errors.ConfigError(
+      f'--config.optim.schedule={kind!r} is not a schedule; use constant, '
+      'piecewise, cosine or staircase.'
     )
   if warmup <= 0:
     return main
@@ -133,8 +135,9 @@ def build_optimizer(
       )
     )
   else:
-    raise ValueError(
-      f'config.optim.name: expected sgd or adamw, got {optim.name!r}.'
+    raise errors.ConfigError(
+      f'--config.optim.name={optim.name!r} is not an optimizer; use sgd or '
+      'adamw.'
     )
   return optax.chain(*chain)
 

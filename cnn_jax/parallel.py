@@ -87,6 +87,11 @@ def check_batch_size(
   global_batch: int, mesh: jax.sharding.Mesh, flag: str
 ) -> None:
   """Fails early when a batch cannot be split evenly over devices/hosts."""
+  if global_batch <= 0:
+    raise errors.ConfigError(
+      f'{flag}={global_batch}: a batch needs at least one example per '
+      f'device; choose a positive multiple of {mesh.size}.'
+    )
   for count, what in (
     (mesh.size, 'devices'),
     (jax.process_count(), 'processes'),

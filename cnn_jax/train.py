@@ -70,12 +70,19 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
   fields = dict(config.model.get('fields', {}))
   if config.parallel.get('bn_virtual_batch_size'):
     fields['bn_virtual_batch_size'] = config.parallel.bn_virtual_batch_size
-  return models.create_model(
-    config.model.name,
-    num_classes=num_classes,
-    dtype=compute_dtype(config.model.dtype),
-    **fields,
-  )
+  try:
+    return models.create_model(
+      config.model.name,
+      num_classes=num_classes,
+      dtype=compute_dtype(config.model.dtype),
+      **fields,
+    )
+  except (ValueError, TypeError) as e:
+    # An unknown name or field; the message lists what exists.
+    raise errors.ConfigError(
+      f'--config.model.name={config.model.name!r} with fields '
+      f'{sorted(fields)}: {e}'
+    ) from None
 
 
 def compute_dtype(name: str) -> jnp.dtype:

@@ -14,4 +14,4 @@ from cnn_jax import config_lib
 
 
 def get_config(mode: str | None = None):
-  return config_lib.default_config(smoke=mode == 'smoke')
+  return config_lib.default_config(smoke=config_lib.is_smoke(mode))

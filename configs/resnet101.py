@@ -17,5 +17,5 @@ from cnn_jax import config_lib
 
 def get_config(mode: str | None = None):
   return config_lib.imagenet_resnet_config(
-    101, version='v1.5', smoke=mode == 'smoke'
+    101, version='v1.5', smoke=config_lib.is_smoke(mode)
   )

@@ -23,4 +23,4 @@ from cnn_jax import config_lib
 
 
 def get_config(mode: str | None = None):
-  return config_lib.cifar_resnet_config(20, smoke=mode == 'smoke')
+  return config_lib.cifar_resnet_config(20, smoke=config_lib.is_smoke(mode))

@@ -12,4 +12,6 @@ from cnn_jax import config_lib
 
 
 def get_config(mode: str | None = None):
-  return config_lib.imagenet_vgg_config('vgg16_bn', smoke=mode == 'smoke')
+  return config_lib.imagenet_vgg_config(
+    'vgg16_bn', smoke=config_lib.is_smoke(mode)
+  )

@@ -56,6 +56,10 @@ def test_bad_override_names_the_field(tmp_path, override, expected):
       'does not divide the 16 examples each device gets',
     ),
     ('--config.model.dtype=float17', '', 'use one of float32, bfloat16'),
+    ('--config.model.name=resnet21', '', "Unknown model 'resnet21'"),
+    ('--config.train.batch_size=0', '', 'choose a positive multiple of 1'),
+    ('--config.optim.schedule=cosin', '', 'use constant, piecewise, cosine'),
+    ('--config.optim.name=adam', '', 'use sgd or adamw'),
   ],
 )
 def test_unworkable_value_names_the_flag(
@@ -82,3 +86,18 @@ def test_resnet152_without_imagenet_stops_quickly(tmp_path):
   assert '/nonexistent/tfds' in proc.stderr  # the path that was searched
   assert 'cnn_jax.data.prepare imagenet2012' in proc.stderr  # the fix
   assert 'Traceback' not in proc.stderr
+
+
+@pytest.mark.parametrize(
+  'config, expected',
+  [
+    ('configs/default.py:smok', 'unknown config mode; add :smoke'),
+    ('configs/nonexistent.py', 'no such file'),
+  ],
+)
+def test_bad_config_file_or_mode_is_one_line(tmp_path, config, expected):
+  proc = run_main(f'--config={config}', f'--workdir={tmp_path}')
+  assert proc.returncode != 0
+  assert expected in proc.stderr
+  assert 'Traceback' not in proc.stderr
+  assert not any(tmp_path.iterdir())  # nothing was written
