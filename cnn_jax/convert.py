@@ -165,13 +165,21 @@ def load_torch_file(
     GoogLeNet says so.
 
   Raises:
-    ConversionError: the file holds no state_dict, or holds objects that
-      need `trust_pickle`.
+    ConversionError: the file is missing or not torch's, holds no
+      state_dict, or holds objects that need `trust_pickle`.
   """
   import torch  # Only this path needs torch.
 
+  if not os.path.isfile(path):
+    raise ConversionError(f'--torch={path}: no such file.')
   try:
     obj = torch.load(path, map_location='cpu', weights_only=not trust_pickle)
+  except (EOFError, KeyError, RuntimeError) as e:
+    # What torch raises for a file it did not write, or a truncated one.
+    raise ConversionError(
+      f'--torch={path} is not a file written by torch.save ({type(e).__name__}'
+      f': {e}).'
+    ) from e
   except pickle.UnpicklingError as e:
     raise ConversionError(
       f'{path} holds pickled Python objects (e.g. a whole model), which '
@@ -229,6 +237,11 @@ def convert_file(
   """
   from cnn_jax import checkpoint
 
+  if transform_input and not model_name.startswith('googlenet'):
+    raise ConversionError(
+      f'--transform_input applies to googlenet_tv only; drop it for '
+      f'{model_name}.'
+    )
   state_dict, facts = load_torch_file(torch_path, trust_pickle)
   if model_name.startswith('googlenet'):
     if transform_input is None:
@@ -262,7 +275,10 @@ def _build_model(name, arrays, num_classes, fields):
   if cls not in (ResNet, VGG, GoogLeNet):
     raise ValueError(f'{name} is not convertible.')
   if fields.get('transform_input') and cls is not GoogLeNet:
-    raise ValueError('transform_input applies to GoogLeNet only.')
+    raise ValueError(
+      f'transform_input applies to GoogLeNet only; drop --transform_input '
+      f'for {name}.'
+    )
   if num_classes is None:
     weight = arrays.get(_CLASSIFIER.get(cls, 'fc.weight'))
     num_classes = 1000 if weight is None else weight.shape[0]

@@ -340,6 +340,19 @@ def test_cnn_jax_imports_without_torch():
   subprocess.run([sys.executable, '-c', code], check=True)
 
 
+def test_missing_or_foreign_torch_file_is_a_conversion_error(tmp_path):
+  with pytest.raises(convert.ConversionError, match='no such file'):
+    convert.convert_file('resnet18', str(tmp_path / 'x.pth'), str(tmp_path))
+  text = tmp_path / 'notes.txt'
+  text.write_text('hello')
+  with pytest.raises(convert.ConversionError, match='not a file written by'):
+    convert.convert_file('resnet18', str(text), str(tmp_path / 'out'))
+  with pytest.raises(convert.ConversionError, match='googlenet_tv only'):
+    convert.convert_file(
+      'resnet18', str(text), str(tmp_path / 'out'), transform_input=True
+    )
+
+
 def test_googlenet_state_dict_needs_transform_input(tmp_path):
   path = tmp_path / 'googlenet.pth'
   torch.save({'fc.weight': torch.zeros(10, 1024)}, path)
