@@ -32,6 +32,15 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
   return (rank <= k).astype(jnp.float32)
 
 
+def _row_step(line: str) -> float:
+  """A metrics.jsonl row's step; a torn last line (a crash while writing)
+  counts as past every step."""
+  try:
+    return json.loads(line)['step']
+  except (ValueError, KeyError, TypeError):
+    return math.inf
+
+
 class MetricWriter:
   """Writes scalars to `workdir/metrics.jsonl` and TensorBoard events.
 
@@ -55,6 +64,27 @@ class MetricWriter:
       self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
     except ImportError:  # TensorBoard files are a convenience, not a need.
       self._tb = None
+
+  def drop_rows_after(self, step: int) -> None:
+    """Forgets metrics.jsonl rows past `step`, the step a run resumes from.
+
+    A run killed between checkpoints logged steps that the resumed run
+    trains again; without this they would appear twice. A torn last line
+    goes too. The file is rewritten atomically, so a crash here loses
+    nothing.
+    """
+    if not self.enabled:
+      return
+    path = self._jsonl.name
+    self._jsonl.close()
+    with open(path) as f:
+      lines = f.readlines()
+    kept = [line for line in lines if _row_step(line) <= step]
+    if len(kept) != len(lines):
+      with open(path + '.tmp', 'w') as f:
+        f.writelines(kept)
+      os.replace(path + '.tmp', path)
+    self._jsonl = open(path, 'a')
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:

@@ -487,6 +487,7 @@ def train_and_evaluate(
     steps_per_epoch,
     start,
   )
+  writer.drop_rows_after(start)
   writer.write(start, {'num_params': count_params(state.params)})
 
   # Compile.

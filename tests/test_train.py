@@ -218,6 +218,26 @@ def test_evaluate_fetches_each_batch_before_running_ahead():
   assert result['top5'] == pytest.approx(20 / 39)
 
 
+def test_resume_forgets_metric_rows_past_the_checkpoint(tmp_path):
+  writer = metrics.MetricWriter(str(tmp_path), enabled=True)
+  for step in range(6):
+    writer.write(step, {'train/loss': 1.0 / (step + 1)})
+  writer.close()
+  with open(tmp_path / 'metrics.jsonl', 'a') as f:
+    f.write('{"step": 6, "train/lo')  # killed while writing
+  resumed = metrics.MetricWriter(str(tmp_path), enabled=True)
+  resumed.drop_rows_after(3)
+  resumed.write(4, {'train/loss': 0.5})
+  resumed.close()
+  rows = [
+    json.loads(line)
+    for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()
+  ]
+  assert [r['step'] for r in rows] == [0, 1, 2, 3, 4]
+  assert rows[-1]['train/loss'] == 0.5
+  assert not (tmp_path / 'metrics.jsonl.tmp').exists()
+
+
 def test_weight_decay_touches_only_the_21_kernels_of_resnet18():
   model = models.create_model('resnet18', num_classes=1000)
   variables = jax.eval_shape(
