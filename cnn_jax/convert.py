@@ -105,9 +105,20 @@ def convert_state_dict(
       counterpart, or variables the state_dict does not provide.
     ValueError, TypeError: an unknown model name or field.
   """
-  if transform_input:
-    fields = {**fields, 'transform_input': True}
+  fields = _with_transform_input(model_name, fields, transform_input)
   return _convert(model_name, state_dict, num_classes, image_size, fields)[1]
+
+
+def _with_transform_input(model_name, fields, transform_input):
+  """`fields` plus the model field transform_input, which GoogLeNet has."""
+  if not transform_input:
+    return fields
+  if not model_name.startswith('googlenet'):
+    raise ConversionError(
+      f'--transform_input applies to googlenet_tv only; drop it for '
+      f'{model_name}.'
+    )
+  return {**fields, 'transform_input': True}
 
 
 def _convert(model_name, state_dict, num_classes, image_size, fields):
@@ -237,15 +248,11 @@ def convert_file(
   """
   from cnn_jax import checkpoint
 
-  if transform_input and not model_name.startswith('googlenet'):
-    raise ConversionError(
-      f'--transform_input applies to googlenet_tv only; drop it for '
-      f'{model_name}.'
-    )
+  # A flag that cannot apply fails before the file is read.
+  fields = _with_transform_input(model_name, fields, transform_input)
   state_dict, facts = load_torch_file(torch_path, trust_pickle)
-  if model_name.startswith('googlenet'):
-    if transform_input is None:
-      transform_input = facts.get('transform_input')
+  if model_name.startswith('googlenet') and transform_input is None:
+    transform_input = facts.get('transform_input')
     if transform_input is None:
       raise ConversionError(
         'A GoogLeNet state_dict does not record transform_input: pass '
@@ -253,8 +260,7 @@ def convert_file(
         '(googlenet(weights=...) sets it), false for weights trained '
         'without it.'
       )
-  if transform_input:
-    fields = {**fields, 'transform_input': True}
+    fields = _with_transform_input(model_name, fields, transform_input)
   model, variables = _convert(model_name, state_dict, None, image_size, fields)
   info = {
     'name': model_name,
@@ -274,11 +280,6 @@ def _build_model(name, arrays, num_classes, fields):
   cls = type(models.create_model(name, num_classes=1))
   if cls not in (ResNet, VGG, GoogLeNet):
     raise ValueError(f'{name} is not convertible.')
-  if fields.get('transform_input') and cls is not GoogLeNet:
-    raise ValueError(
-      f'transform_input applies to GoogLeNet only; drop --transform_input '
-      f'for {name}.'
-    )
   if num_classes is None:
     weight = arrays.get(_CLASSIFIER.get(cls, 'fc.weight'))
     num_classes = 1000 if weight is None else weight.shape[0]
