@@ -91,10 +91,10 @@ def use_fast_conv() -> bool:
   here: rendezvous over devices [0, 2, 4, 6], [1, 3, 5, 7] and all 8 waiting
   on one another until XLA aborted).
   """
-  if not _cpu_default_setting('CNN_JAX_FAST_CONV'):
-    return False
   if os.environ.get('CNN_JAX_FAST_CONV', '').lower() in _ON:
     return True
+  if not _cpu_default_setting('CNN_JAX_FAST_CONV'):
+    return False
   import jax
 
   return jax.device_count() == 1
